@@ -1,0 +1,3 @@
+from paav_cli.cli import main
+
+main()

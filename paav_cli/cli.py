@@ -1,0 +1,162 @@
+"""The `paav` command. Each command parses its options and calls one library function.
+
+`enhance` is the default command: `paav "a cat playing piano"` is `paav enhance "a cat playing piano"`.
+Nothing here imports torch, diffusers or transformers; llama.cpp loads only when a booster runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from paav_cli import __version__
+from paav_cli.errors import UserError
+
+app = typer.Typer(
+    name="paav",
+    help="Turn short text-to-video prompts into the long, camera-aware prompts video models render best.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+models_app = typer.Typer(help="The model registry: list, locate and download models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+class OnError(str, Enum):
+    stop = "stop"
+    skip = "skip"
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"paav {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """paav: prompt boosting for text-to-video models (Prompt-A-Video, arXiv 2412.15156)."""
+
+
+def _progress(total: int):
+    from paav_cli.progress import BatchProgress
+
+    return BatchProgress(total)
+
+
+@app.command()
+def enhance(
+    prompt: Optional[str] = typer.Argument(None, help="The prompt to enhance (or use -i for a file)."),
+    input: Optional[str] = typer.Option(None, "-i", "--input", help="Prompt file: .txt, .jsonl or .csv; '-' reads stdin."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output file: .jsonl, .txt or .csv (stdout when absent)."),
+    model: str = typer.Option("default", "-m", "--model", help="Booster name from `paav models list`."),
+    n: int = typer.Option(1, "-n", min=1, max=64, help="Variants per prompt."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed for reproducible output (random when absent)."),
+    temperature: float = typer.Option(0.8, "--temperature", min=0.0, max=2.0, help="Sampling temperature; 0 is greedy."),
+    max_tokens: int = typer.Option(200, "--max-tokens", min=16, max=2048, help="Most tokens generated per prompt."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores, up to 8)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Generator whose text-encoder budget to fit, e.g. cogvideox-5b."),
+    negative: bool = typer.Option(False, "--negative", help="Add the paper's fixed negative prompt as negative_prompt."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON records instead of plain text."),
+    on_error: OnError = typer.Option(OnError.stop, "--on-error", help="A bad input line: stop the batch, or skip it."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start the output file afresh instead of resuming it."),
+    parallel: int = typer.Option(16, "--parallel", min=1, max=64, help="Prompts decoded together in one batch."),
+) -> None:
+    """Enhance one prompt, or every prompt of a file (resumable: rerun to continue)."""
+    from paav_cli import enhance as lib
+
+    if (prompt is None) == (input is None):
+        raise UserError("give either a prompt or -i FILE (not both); e.g. paav enhance \"a cat playing piano\".")
+    opts = lib.EnhanceOptions(
+        model=model, n=n, seed=seed, temperature=temperature, max_tokens=max_tokens,
+        threads=threads, target=target, negative=negative, parallel=parallel,
+    )
+    if prompt is not None:
+        if output:
+            records = [lib.PromptRecord(id=1, prompt=prompt.strip())]
+            if not prompt.strip():
+                raise UserError("the prompt is empty; give a prompt, e.g. paav enhance \"a cat playing piano\".")
+            lib.enhance_records(records, output, opts, overwrite=overwrite, warn=lib.stderr_warn)
+        else:
+            lib.enhance_one(prompt, opts, as_json=as_json, warn=lib.stderr_warn)
+        if negative and not as_json and not output:
+            print(f"negative prompt: {lib.NEGATIVE_PROMPT}", file=sys.stderr)
+        return
+    try:
+        summary = lib.enhance_file(
+            input, output, opts, as_json=as_json, on_error=on_error.value, overwrite=overwrite,
+            warn=lib.stderr_warn, progress_factory=_progress if output else None,
+        )
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished records are saved; run the same command again to resume.", file=sys.stderr)
+        raise typer.Exit(130)
+    if output:
+        done, skipped = summary["done"], summary["skipped"]
+        note = f" ({skipped} already there)" if skipped else ""
+        falls = f", {summary['fallbacks']} kept as written" if summary["fallbacks"] else ""
+        print(f"wrote {done} records to {output}{note}{falls}; seed {summary['seed']}.", file=sys.stderr)
+
+
+@models_app.command("list")
+def models_list(
+    role: Optional[str] = typer.Option(None, "--role", help="Only this role: boosters, mutators, generators, rewards, base_llms."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON records."),
+) -> None:
+    """Every registered model by role, with size, licence and whether it is on this machine."""
+    from paav_cli.models_view import list_models
+
+    list_models(role=role, as_json=as_json)
+
+
+@models_app.command("path")
+def models_path(name: str = typer.Argument(..., help="A registered model name.")) -> None:
+    """Print a model's local path (assembling built-in packaged models on first use)."""
+    from paav_cli import registry
+
+    entry = registry.Registry.load().get(name)
+    print(registry.require_path(entry))
+
+
+@models_app.command("pull")
+def models_pull(name: str = typer.Argument(..., help="A registered model name.")) -> None:
+    """Download a model (pinned revision, sha256 checked where given) and print its path."""
+    from paav_cli import registry
+
+    entry = registry.Registry.load().get(name)
+    print(registry.pull(entry))
+
+
+COMMANDS = {"enhance", "models"}
+ROOT_OPTIONS = {"--help", "-h", "--version"}
+
+
+def _with_default_command(argv: list[str]) -> list[str]:
+    """Insert `enhance` when the first argument is not a command or a root option."""
+    if argv and argv[0] not in COMMANDS and argv[0] not in ROOT_OPTIONS:
+        return ["enhance", *argv]
+    return argv
+
+
+def main() -> None:
+    argv = _with_default_command(sys.argv[1:])
+    try:
+        app(args=argv, prog_name="paav")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        # `paav -i big.txt | head` closes the pipe early: not an error.
+        sys.stderr.close()
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

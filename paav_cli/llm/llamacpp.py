@@ -1,0 +1,349 @@
+"""Local GGUF models through llama-cpp-python, with multi-sequence batched decoding.
+
+Why not `llama_cpp.Llama`: its context holds one sequence (it ignores `n_seq_max`), so a batch of
+prompts would run one after another. Here one context holds up to `max_parallel` sequences: the
+prompts' shared prefix (the few-shot examples or the chat template's system part) is decoded once
+and copied to every sequence, then all sequences decode one token each per step in a single
+`llama_decode` call, which on a CPU reuses each weight matrix across the whole batch.
+
+Every sequence samples with its own seeded sampler chain, so its text depends only on its seed and
+its logits, not on which other prompts share the batch (llama.cpp's logits differ in the last bits
+between batch sizes, so identical text is typical but not guaranteed; see bench/enhance.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import llama_cpp
+from llama_cpp import _internals
+
+from paav_cli.errors import UserError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings; the defaults are llama-cpp-python's own `create_completion` defaults."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    max_tokens: int = 256
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: int  # generated tokens, stop sequence included
+    finish: str  # "stop" (a stop string or end-of-generation token) or "length"
+
+
+def _default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+class LlamaCppModel:
+    """One GGUF file loaded once; contexts sized to the work are made as needed."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_threads: int | None = None,
+        max_parallel: int = 32,
+        max_context: int = 4096,
+        lora_path: Path | None = None,
+        verbose: bool = False,
+    ):
+        self.path = Path(path)
+        self.n_threads = n_threads or _default_threads()
+        self.max_parallel = max_parallel
+        self.verbose = verbose
+        _quiet_llama_logs(verbose)
+        params = llama_cpp.llama_model_default_params()
+        try:
+            self._model = _internals.LlamaModel(
+                path_model=str(self.path), params=params, verbose=verbose
+            )
+        except ValueError:
+            raise UserError(
+                f"{self.path} is not a GGUF model llama.cpp can load (missing, truncated or corrupt); "
+                "pull or export it again."
+            ) from None
+        self.max_context = min(max_context, self._model.n_ctx_train())
+        self._ctx: _internals.LlamaContext | None = None
+        self._ctx_shape = (0, 0)
+        self._lora = None
+        if lora_path is not None:
+            self._load_lora(Path(lora_path))
+        meta = self._model.metadata()
+        self.chat_template = meta.get("tokenizer.chat_template")
+        self.architecture = meta.get("general.architecture", "unknown")
+
+    # ------------------------------------------------------------------ tokens
+
+    def tokenize(self, text: str, *, add_bos: bool = True) -> list[int]:
+        return self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self._model.detokenize(list(tokens)).decode("utf-8", errors="ignore")
+
+    def _piece(self, token: int) -> bytes:
+        # The wrapper's token_to_piece returns a fixed 32-byte buffer padded with NULs.
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._model.vocab, token, buf, 64, 0, False)
+        return buf.raw[: max(n, 0)]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._model.vocab, token))
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """Messages formatted with the model's own chat template (from the GGUF metadata)."""
+        if not self.chat_template:
+            raise UserError(
+                f"{self.path.name} has no chat template; register it with prompt_format = \"fewshot\"."
+            )
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        bos = self._model.token_get_text(self._model.token_bos()) if self._model.token_bos() >= 0 else ""
+        eos = self._model.token_get_text(self._model.token_eos()) if self._model.token_eos() >= 0 else ""
+        return Jinja2ChatFormatter(self.chat_template, eos_token=eos, bos_token=bos)(messages=messages).prompt
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Tokens of a prompt, with BOS added unless the text (a chat template's output) has it."""
+        bos_id = self._model.token_bos()
+        tokens = self.tokenize(text, add_bos=self._model.add_bos_token())
+        if len(tokens) > 1 and tokens[0] == bos_id and tokens[1] == bos_id:
+            tokens = tokens[1:]
+        return tokens
+
+    # ------------------------------------------------------------------ contexts
+
+    def _load_lora(self, lora_path: Path) -> None:
+        adapter = llama_cpp.llama_adapter_lora_init(self._model.model, str(lora_path).encode("utf-8"))
+        if adapter is None:
+            raise UserError(f"{lora_path} is not a GGUF LoRA adapter for {self.path.name}; export it again.")
+        self._lora = adapter
+
+    def _context(self, n_seq: int, n_ctx_seq: int) -> _internals.LlamaContext:
+        """A context for `n_seq` sequences of `n_ctx_seq` tokens each, reused while big enough."""
+        have_seq, have_ctx = self._ctx_shape
+        if self._ctx is not None and have_seq >= n_seq and have_ctx >= n_ctx_seq:
+            return self._ctx
+        if self._ctx is not None:
+            self._ctx.close()
+        n_seq = max(n_seq, have_seq)
+        n_ctx_seq = max(n_ctx_seq, have_ctx)
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx_seq * n_seq
+        params.n_seq_max = n_seq
+        params.n_batch = max(512, n_seq)
+        params.n_ubatch = max(512, n_seq)
+        params.n_threads = self.n_threads
+        params.n_threads_batch = self.n_threads
+        # One KV stream per sequence: attention then scans only that sequence's cells, which is
+        # faster than a unified cache once more than a few sequences run together.
+        params.kv_unified = False
+        params.no_perf = True
+        self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=self.verbose)
+        if self._lora is not None:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._lora)
+            scales = (ctypes.c_float * 1)(1.0)
+            llama_cpp.llama_set_adapters_lora(self._ctx.ctx, adapters, 1, scales)
+        self._ctx_shape = (n_seq, n_ctx_seq)
+        return self._ctx
+
+    def context_limit(self) -> int:
+        return self.max_context
+
+    # ------------------------------------------------------------------ generation
+
+    def complete(
+        self,
+        prompts: Sequence[list[int]],
+        *,
+        seeds: Sequence[int],
+        sampling: Sampling,
+        stop: Sequence[str] = (),
+        on_done: Callable[[int, Completion], None] | None = None,
+    ) -> list[Completion]:
+        """Continue each token list; `on_done(i, completion)` fires as each sequence finishes."""
+        results: list[Completion | None] = [None] * len(prompts)
+        for start in range(0, len(prompts), self.max_parallel):
+            chunk = range(start, min(start + self.max_parallel, len(prompts)))
+
+            def done(i: int, completion: Completion, offset: int = start) -> None:
+                results[offset + i] = completion
+                if on_done:
+                    on_done(offset + i, completion)
+
+            self._complete_chunk([prompts[i] for i in chunk], [seeds[i] for i in chunk], sampling, stop, done)
+        return results  # type: ignore[return-value]
+
+    def _sampler(self, seed: int, sampling: Sampling) -> _internals.LlamaSampler:
+        sampler = _internals.LlamaSampler()
+        if sampling.repeat_penalty != 1.0:
+            sampler.add_penalties(self._model.n_vocab(), 64, sampling.repeat_penalty, 0.0, 0.0)
+        if sampling.temperature <= 0:
+            sampler.add_greedy()
+            return sampler
+        sampler.add_top_k(sampling.top_k)
+        sampler.add_top_p(sampling.top_p, 1)
+        sampler.add_min_p(sampling.min_p, 1)
+        sampler.add_temp(sampling.temperature)
+        sampler.add_dist(seed & 0xFFFFFFFF)
+        return sampler
+
+    def _complete_chunk(self, prompts, seeds, sampling: Sampling, stop, done) -> None:
+        n = len(prompts)
+        longest = max(len(p) for p in prompts)
+        need = longest + sampling.max_tokens + 1
+        if need > self.max_context:
+            raise UserError(
+                f"a prompt needs {longest} tokens plus {sampling.max_tokens} to generate, more than the "
+                f"{self.max_context}-token context; shorten it or lower --max-tokens."
+            )
+        ctx = self._context(n, _round_up(need, 256))
+        mem = llama_cpp.llama_get_memory(ctx.ctx)
+        llama_cpp.llama_memory_clear(mem, True)
+
+        shared = _common_prefix_length(prompts)
+        shared = min(shared, min(len(p) for p in prompts) - 1)  # every sequence decodes >= 1 token
+        batch = _internals.LlamaBatch(n_tokens=max(ctx.params.n_batch, n), embd=0, n_seq_max=1)
+        try:
+            if shared > 0:
+                self._decode_tokens(ctx, batch, [(0, prompts[0][:shared], 0)])
+                for s in range(1, n):
+                    llama_cpp.llama_memory_seq_cp(mem, 0, s, -1, -1)
+            samplers = [self._sampler(seeds[s], sampling) for s in range(n)]
+            for s in range(n):  # the penalties sampler should see the prompt's recent tokens
+                for token in prompts[s][-64:]:
+                    llama_cpp.llama_sampler_accept(samplers[s].sampler, token)
+            first = self._decode_tokens(
+                ctx, batch, [(s, prompts[s][shared:], shared) for s in range(n)], samplers=samplers
+            )
+            self._generate(ctx, batch, prompts, first, samplers, sampling, stop, done)
+        finally:
+            batch.close()
+
+    def _decode_tokens(self, ctx, batch, work, samplers=None) -> dict[int, int]:
+        """Decode (seq, tokens, start_pos) items in n_batch-sized calls; sample each seq's next token."""
+        capacity = ctx.params.n_batch
+        sampled: dict[int, int] = {}
+        pending: list[tuple[int, int]] = []  # (seq, batch index of its last token)
+        batch.reset()
+        for seq, tokens, start in work:
+            for i, token in enumerate(tokens):
+                if batch.batch.n_tokens == capacity:
+                    self._flush(ctx, batch, pending, samplers, sampled)
+                last = i == len(tokens) - 1
+                _add(batch, token, start + i, seq, last and samplers is not None)
+                if last and samplers is not None:
+                    pending.append((seq, batch.batch.n_tokens - 1))
+        self._flush(ctx, batch, pending, samplers, sampled)
+        return sampled
+
+    def _flush(self, ctx, batch, pending, samplers, sampled) -> None:
+        if batch.batch.n_tokens == 0:
+            return
+        _decode(ctx, batch)
+        for seq, index in pending:
+            sampled[seq] = llama_cpp.llama_sampler_sample(samplers[seq].sampler, ctx.ctx, index)
+        pending.clear()
+        batch.reset()
+
+    def _generate(self, ctx, batch, prompts, first, samplers, sampling, stop, done) -> None:
+        mem = llama_cpp.llama_get_memory(ctx.ctx)
+        n = len(prompts)
+        generated: list[list[int]] = [[] for _ in range(n)]
+        raw: list[bytes] = [b"" for _ in range(n)]
+        position = [len(p) for p in prompts]
+        next_token = dict(first)
+        active = list(range(n))
+        while active:
+            still = []
+            for s in active:
+                token = next_token[s]
+                generated[s].append(token)
+                finish = None
+                if self.is_eog(token):
+                    finish = "stop"
+                else:
+                    raw[s] += self._piece(token)
+                    text = raw[s].decode("utf-8", errors="ignore")
+                    cut = min((text.find(x) for x in stop if x in text), default=-1)
+                    if cut >= 0:
+                        raw[s] = text[:cut].encode("utf-8")
+                        finish = "stop"
+                    elif len(generated[s]) >= sampling.max_tokens:
+                        finish = "length"
+                if finish:
+                    llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
+                    text = raw[s].decode("utf-8", errors="ignore")
+                    done(s, Completion(text=text, tokens=len(generated[s]), finish=finish))
+                else:
+                    still.append(s)
+            active = still
+            if not active:
+                break
+            batch.reset()
+            for i, s in enumerate(active):
+                _add(batch, next_token[s], position[s], s, True)
+                position[s] += 1
+            _decode(ctx, batch)
+            for i, s in enumerate(active):
+                next_token[s] = llama_cpp.llama_sampler_sample(samplers[s].sampler, ctx.ctx, i)
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._ctx.close()
+            self._ctx = None
+        self._model.close()
+
+
+def _quiet_llama_logs(verbose: bool) -> None:
+    # llama.cpp logs every context it builds to stderr; paav speaks for itself unless asked.
+    import logging
+
+    from llama_cpp import _logger
+
+    _logger.logger.setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
+
+
+def _add(batch: _internals.LlamaBatch, token: int, pos: int, seq: int, logits: bool) -> None:
+    b = batch.batch
+    j = b.n_tokens
+    b.token[j] = token
+    b.pos[j] = pos
+    b.seq_id[j][0] = seq
+    b.n_seq_id[j] = 1
+    b.logits[j] = logits
+    b.n_tokens = j + 1
+
+
+def _decode(ctx: _internals.LlamaContext, batch: _internals.LlamaBatch) -> None:
+    code = llama_cpp.llama_decode(ctx.ctx, batch.batch)
+    if code != 0:
+        raise RuntimeError(f"llama_decode failed with code {code}")
+
+
+def _common_prefix_length(prompts: Sequence[list[int]]) -> int:
+    first = prompts[0]
+    length = len(first)
+    for other in prompts[1:]:
+        limit = min(length, len(other))
+        i = 0
+        while i < limit and first[i] == other[i]:
+            i += 1
+        length = i
+    return length
+
+
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step

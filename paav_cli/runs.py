@@ -1,0 +1,101 @@
+"""Run files: atomic writes and append-only JSONL journals that survive interruption.
+
+A journal is a JSONL file written one flushed line per finished record. After a crash the only
+damage possible is a last line without its newline; `read_journal` cuts it off so that the next
+append starts clean and no record is ever half-written or duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from paav_cli.errors import UserError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def truncate_partial_line(path: Path) -> int:
+    """Cut a trailing line that has no newline (a write interrupted mid-line); return bytes cut."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+    return len(data) - keep
+
+
+def read_journal(path: Path) -> list[dict]:
+    """Every complete record of a JSONL journal, after repairing an interrupted last line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    truncate_partial_line(path)
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(
+                    f"{path} line {number} is not valid JSON; fix or remove that line, "
+                    "or write to another output file."
+                ) from None
+    return records
+
+
+class Journal:
+    """Appends one JSON line per record and flushes it, so a kill loses at most the record in flight."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def append(self, record: dict) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, raw line) for each non-blank line; decoding is the caller's business."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                yield number, line

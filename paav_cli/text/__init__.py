@@ -1,0 +1,1 @@
+"""Text-only helpers: instruction templates, output cleaning and validation, token budgets."""
