@@ -49,9 +49,15 @@ def list_models(role: str | None = None, as_json: bool = False) -> None:
         for row in data:
             print(json.dumps(row, ensure_ascii=False))
         return
-    table = Table(show_lines=False)
-    for column in ("name", "role", "size", "license", "local", "source", "notes"):
-        table.add_column(column, overflow="fold")
-    for row in data:
-        table.add_row(*(row[c] for c in ("name", "role", "size", "license", "local", "source", "notes")))
-    Console().print(table)
+    console = Console()
+    for role in dict.fromkeys(row["role"] for row in data):
+        table = Table(title=f"{role}s", title_justify="left", expand=False)
+        table.add_column("name", no_wrap=True, style="bold")
+        table.add_column("size", no_wrap=True)
+        table.add_column("license", overflow="fold")
+        table.add_column("local", no_wrap=True)
+        table.add_column("notes", overflow="fold")
+        for row in data:
+            if row["role"] == role:
+                table.add_row(row["name"], row["size"], row["license"], row["local"], row["notes"])
+        console.print(table)

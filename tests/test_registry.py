@@ -1,0 +1,127 @@
+import json
+
+import pytest
+
+from conftest import assert_user_error, paav, user_models
+from paav_cli import registry
+from paav_cli.errors import UserError
+
+REQUIRED = {
+    "boosters": {"default", "prompt-a-video-cogvideox", "prompt-a-video-opensora"},
+    "generators": {"cogvideox-2b", "cogvideox-5b", "cogvideox1.5-5b", "wan2.1-1.3b", "ltx-video",
+                   "hunyuanvideo", "sd-1.4", "opensora-1.2"},
+    "rewards": {"videoscore", "videoscore-v1.1", "aesthetic", "mps"},
+    "base_llms": {"llama-3-8b-instruct", "qwen2.5-7b-instruct", "qwen2.5-1.5b-instruct", "gemma-3-270m"},
+}
+
+
+def test_builtin_registry_has_every_required_model():
+    reg = registry.Registry.load()
+    for role, names in REQUIRED.items():
+        assert names <= {e.name for e in reg.by_role(role)}, role
+    assert reg.get("cogvideox-5b").text_encoder.max_tokens == 226
+    assert reg.get("opensora-1.2").text_encoder.max_tokens == 300
+    default = reg.get("default")
+    assert default.sha256["gemma-3-270m-q4_k_m.gguf"].startswith("a5fd3b62")
+    assert default.prompt_format == "fewshot"
+
+
+def test_user_file_extends_and_overrides(tmp_path):
+    user_models(tmp_path, """
+[boosters.mine]
+path = "mine.gguf"
+prompt_format = "chat"
+license = "MIT"
+
+[generators.cogvideox-5b]
+hub = "someone/fork"
+family = "cogvideox"
+height = 480
+width = 720
+steps = 10
+guidance = 6.0
+text_encoder = { kind = "t5", max_tokens = 100 }
+""")
+    reg = registry.Registry.load()
+    assert reg.get("mine").path == str(tmp_path / "config" / "paav" / "mine.gguf")
+    assert reg.get("cogvideox-5b").text_encoder.max_tokens == 100
+    assert "default" in reg.entries
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[boosters.x]\npath = 'a'\nprompt_fromat = 'chat'\n", "prompt_fromat"),
+    ("[boosters.x]\nlicense = 'MIT'\n", "exactly one of"),
+    ("[widgets.x]\npath = 'a'\n", "unknown section [widgets]"),
+    ("[boosters.x\n", "not valid TOML"),
+])
+def test_bad_user_registry_names_the_problem(tmp_path, text, fragment):
+    user_models(tmp_path, text)
+    with pytest.raises(UserError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        registry.Registry.load()
+
+
+def test_unknown_name_suggests_a_close_one():
+    with pytest.raises(UserError, match="did you mean 'cogvideox-5b'"):
+        registry.Registry.load().get("cogvideox5b")
+
+
+def test_models_list_shows_every_role_with_presence(tmp_path):
+    proc = paav("models", "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    roles = {r["role"] for r in rows}
+    assert roles == {"booster", "mutator", "generator", "reward", "base LLM"}
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["cogvideox-2b"]["local"] == "no"
+    assert by_name["cogvideox-2b"]["license"] == "Apache-2.0"
+    assert by_name["gpt-4o"]["local"] == "api"
+    assert "GGUF conversion" in by_name["prompt-a-video-cogvideox"]["notes"]
+    table = paav("models", "list")
+    assert table.returncode == 0 and "cogvideox-2b" in table.stdout
+
+
+def test_models_path_builds_tiny_and_reports_missing(tmp_path):
+    proc = paav("models", "path", "tiny")
+    assert proc.returncode == 0, proc.stderr
+    from pathlib import Path
+
+    assert Path(proc.stdout.strip()).is_file()
+    assert_user_error(paav("models", "path", "cogvideox-2b"), "paav models pull cogvideox-2b")
+    assert_user_error(paav("models", "path", "nope"), "unknown model 'nope'")
+
+
+def test_pull_fails_with_one_sentence_when_the_hub_is_unreachable():
+    proc = paav("models", "pull", "cogvideox-2b",
+                env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "2",
+                     "HF_HUB_DOWNLOAD_TIMEOUT": "2"})
+    assert_user_error(proc, "could not download 'cogvideox-2b'", "connection")
+
+
+def test_package_pull_checks_sha256_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    pkg = tmp_path / "pkgs" / "fake_weights"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(
+        "from pathlib import Path\n"
+        "def assemble(dest):\n    Path(dest).write_bytes(b'not the pinned bytes')\n    return Path(dest)\n"
+    )
+    user_models(tmp_path, """
+[boosters.fake]
+package = "fake_weights"
+file = "fake.gguf"
+sha256 = { "fake.gguf" = "0000000000000000000000000000000000000000000000000000000000000000" }
+prompt_format = "fewshot"
+""")
+    proc = paav("models", "pull", "fake", env={"PYTHONPATH": str(tmp_path / "pkgs")})
+    assert_user_error(proc, "sha256")
+    entry = registry.Registry.load().get("fake")
+    assert not any(registry.model_cache_dir(entry).glob("*")) if registry.model_cache_dir(entry).exists() else True
+
+
+def test_verify_sha256_catches_a_changed_file(tmp_path):
+    entry = registry.BoosterEntry(name="x", role="boosters", path=str(tmp_path),
+                                  sha256={"w.bin": registry.hashlib.sha256(b"good").hexdigest()})
+    (tmp_path / "w.bin").write_bytes(b"good")
+    registry.verify_sha256(entry, tmp_path)
+    (tmp_path / "w.bin").write_bytes(b"evil")
+    with pytest.raises(UserError, match="sha256"):
+        registry.verify_sha256(entry, tmp_path)
