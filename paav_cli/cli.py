@@ -79,25 +79,21 @@ def enhance(
         model=model, n=n, seed=seed, temperature=temperature, max_tokens=max_tokens,
         threads=threads, target=target, negative=negative, parallel=parallel,
     )
-    if prompt is not None:
-        if output:
-            records = [lib.PromptRecord(id=1, prompt=prompt.strip())]
-            if not prompt.strip():
-                raise UserError("the prompt is empty; give a prompt, e.g. paav enhance \"a cat playing piano\".")
-            lib.enhance_records(records, output, opts, overwrite=overwrite, warn=lib.stderr_warn)
-        else:
-            lib.enhance_one(prompt, opts, as_json=as_json, warn=lib.stderr_warn)
-        if negative and not as_json and not output:
-            print(f"negative prompt: {lib.NEGATIVE_PROMPT}", file=sys.stderr)
-        return
     try:
-        summary = lib.enhance_file(
-            input, output, opts, as_json=as_json, on_error=on_error.value, overwrite=overwrite,
-            warn=lib.stderr_warn, progress_factory=_progress if output else None,
-        )
+        if prompt is not None:
+            summary = lib.enhance_records(
+                lib.single_prompt(prompt), output, opts, as_json=as_json, overwrite=overwrite, warn=lib.stderr_warn
+            )
+        else:
+            summary = lib.enhance_file(
+                input, output, opts, as_json=as_json, on_error=on_error.value, overwrite=overwrite,
+                warn=lib.stderr_warn, progress_factory=_progress,
+            )
     except KeyboardInterrupt:
         print("\ninterrupted: finished records are saved; run the same command again to resume.", file=sys.stderr)
         raise typer.Exit(130)
+    if negative and not as_json and not output:
+        print(f"negative prompt: {lib.NEGATIVE_PROMPT}", file=sys.stderr)
     if output:
         done, skipped = summary["done"], summary["skipped"]
         note = f" ({skipped} already there)" if skipped else ""

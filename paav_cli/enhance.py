@@ -18,7 +18,7 @@ from paav_cli import registry
 from paav_cli.errors import UserError
 from paav_cli.prompt_files import PromptRecord, RecordWriter, existing_output, read_prompts
 from paav_cli.text.budget import TokenCounter, counter_for, trim_to_budget
-from paav_cli.text.clean import clean, problem
+from paav_cli.text.clean import clean, drop_copied_sentences, problem
 from paav_cli.text.formats import BoosterRequest, build_request
 from paav_cli.text.templates import NEGATIVE_PROMPT
 
@@ -104,7 +104,7 @@ def resolve_budget(target: str | None) -> Budget | None:
 
 def _finish(prompt: str, req: BoosterRequest, raw: str, budget: Budget | None) -> tuple[str, str | None, bool]:
     """(enhanced text, problem or None, trimmed) for one raw completion."""
-    text = clean(req.prefix, raw)
+    text = drop_copied_sentences(clean(req.prefix, raw))
     trimmed = False
     if budget is not None:
         text, trimmed = trim_to_budget(text, budget.counter, budget.limit)
@@ -297,10 +297,10 @@ def enhance_records(records, output, opts, *, as_json=False, overwrite=False, wa
     return summary
 
 
-def enhance_one(prompt: str, opts: EnhanceOptions, *, as_json: bool, warn: Callable[[str], None]) -> dict:
+def single_prompt(prompt: str) -> list[PromptRecord]:
     if not prompt.strip():
         raise UserError("the prompt is empty; give a prompt, e.g. paav enhance \"a cat playing piano\".")
-    return enhance_records([PromptRecord(id=1, prompt=prompt.strip())], None, opts, as_json=as_json, warn=warn)
+    return [PromptRecord(id=1, prompt=prompt.strip())]
 
 
 def stderr_warn(message: str) -> None:

@@ -1,7 +1,7 @@
 import pytest
 
 from paav_cli.text.budget import ApproxCounter, counter_for, trim_to_budget
-from paav_cli.text.clean import clean, problem, script_share, split_sentences
+from paav_cli.text.clean import clean, drop_copied_sentences, problem, script_share, split_sentences
 from paav_cli.text.formats import FEWSHOT_EXAMPLES, as_sentence, build_request
 
 
@@ -93,3 +93,10 @@ def test_counter_uses_a_real_sentencepiece_tokenizer_when_present(tmp_path):
     sp = spm.SentencePieceProcessor(model_file=str(folder / "spiece.model"))
     assert counter.count("a cat playing piano") == len(sp.encode("a cat playing piano")) + 1
     assert not counter_for(tmp_path / "missing", "t5").exact
+
+
+def test_copied_example_details_are_dropped_but_style_may_stay():
+    text = ("A fox runs. Green forests and a calm lake below reflect the mountain's silhouette. "
+            "It leaps over a log. Smooth camera movement, soft natural light, documentary style.")
+    assert drop_copied_sentences(text) == (
+        "A fox runs. It leaps over a log. Smooth camera movement, soft natural light, documentary style.")

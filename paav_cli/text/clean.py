@@ -10,7 +10,7 @@ import re
 import unicodedata
 from collections import Counter
 
-from paav_cli.text.formats import FEWSHOT_EXAMPLES, LABELS
+from paav_cli.text.formats import EXAMPLES, LABELS
 
 _SENTENCE_END = re.compile(r"(?<=[.!?\u3002\uff01\uff1f])[\"'\u201d\u2019)]*\s*")
 _TERMINAL = re.compile(r"[.!?\u3002\uff01\uff1f][\"'\u201d\u2019)]*$")
@@ -67,9 +67,15 @@ def _norm(sentence: str) -> str:
     return re.sub(r"\W+", " ", sentence.lower()).strip()
 
 
-_EXAMPLE_SENTENCES = {
-    _norm(s) for _, tgt in FEWSHOT_EXAMPLES for s in split_sentences(tgt)[1:] if len(s.split()) > 4
-}
+# An example's scene details copied into another prompt's rewrite are wrong by construction; its
+# light and camera sentences are the style the examples teach, so copying those is fine.
+_EXAMPLE_SENTENCES = {_norm(s) for e in EXAMPLES for s in split_sentences(e.detail)}
+
+
+def drop_copied_sentences(text: str) -> str:
+    """Remove sentences lifted from a few-shot example's scene details (a small base model does this
+    for prompts that resemble an example); what remains is then validated as usual."""
+    return " ".join(s for s in split_sentences(text) if _norm(s) not in _EXAMPLE_SENTENCES)
 
 
 def problem(original: str, enhanced: str, *, min_sentences: int = 2, max_sentences: int = 8) -> str | None:

@@ -18,33 +18,44 @@ from dataclasses import dataclass, field
 
 from paav_cli.text.templates import RELEASED_INSTRUCTION, RELEASED_SUFFIX
 
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    detail: str  # what the scene looks like: must never reappear in an output for another prompt
+    style: str  # light and camera: fine to reuse, it is the style the model should learn
+
+    @property
+    def target(self) -> str:
+        return f"{self.prompt} {self.detail} {self.style}"
+
+
 # Three fixed, varied examples (a person, an animal, a landscape with a camera move), trimmed from
 # public VBench rewrites (Wan2.1 prompt extender, Apache-2.0; data/ in ../shared). Each keeps the
 # prompt as its first sentence and adds only setting, light, camera and motion, never new subjects:
 # a base model this small copies whatever its examples do, so the examples must be faithful.
-FEWSHOT_EXAMPLES: tuple[tuple[str, str], ...] = (
-    (
+EXAMPLES: tuple[Example, ...] = (
+    Example(
         "A person is eating ice cream.",
-        "A person is eating ice cream. They stand in a sunny city park, surrounded by green grass "
-        "and blooming flowers, taking small slow licks from a melting cone and smiling between bites. "
-        "They wear a light jacket and jeans, with sunglasses perched on their nose. Soft midday light "
-        "falls across the scene. Medium close-up, the camera pans slightly to follow the cone.",
+        "They stand in a sunny city park, surrounded by green grass and blooming flowers, taking small "
+        "slow licks from a melting cone and smiling between bites. They wear a light jacket and jeans, "
+        "with sunglasses perched on their nose.",
+        "Soft midday light falls across the scene. Medium close-up, the camera pans slightly to follow the cone.",
     ),
-    (
+    Example(
         "A white sheep is walking.",
-        "A white sheep is walking. It crosses a lush green field under a clear blue sky, taking "
-        "slow, deliberate steps, its head swaying gently. Its fluffy white fur catches the warm "
-        "afternoon sun. Rolling hills and scattered wildflowers fill the background. Medium shot, "
-        "the camera tracks alongside the sheep as it walks.",
+        "It crosses a lush green field under a clear blue sky, taking slow, deliberate steps, its head "
+        "swaying gently. Its fluffy white fur catches the warm afternoon sun. Rolling hills and scattered "
+        "wildflowers fill the background.",
+        "Medium shot, the camera tracks alongside the sheep as it walks.",
     ),
-    (
+    Example(
         "Mount Fuji, tilt down.",
-        "Mount Fuji, tilt down. The shot opens on a clear evening sky and slowly tilts down to "
-        "reveal the snow-capped peak glowing gold in the setting sun. Green forests and a calm lake "
-        "below reflect the mountain's silhouette. Smooth camera movement, soft natural light, "
-        "documentary style.",
+        "The shot opens on a clear evening sky and slowly tilts down to reveal the snow-capped peak "
+        "glowing gold in the setting sun. Green forests and a calm lake below reflect the mountain's silhouette.",
+        "Smooth camera movement, soft natural light, documentary style.",
     ),
 )
+FEWSHOT_EXAMPLES: tuple[tuple[str, str], ...] = tuple((e.prompt, e.target) for e in EXAMPLES)
 
 FEWSHOT_HEADER = (
     "Short video prompts, each rewritten as one detailed paragraph for a text-to-video model. "
