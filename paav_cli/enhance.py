@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from paav_cli import registry
+from paav_cli import paths, registry
 from paav_cli.errors import UserError
 from paav_cli.prompt_files import PromptRecord, RecordWriter, existing_output, read_prompts
 from paav_cli.text.budget import TokenCounter, counter_for, trim_to_budget
@@ -79,9 +79,20 @@ class Booster:
         from paav_cli.llm.llamacpp import LlamaCppModel  # heavy: loads the llama.cpp library
 
         self.model = LlamaCppModel(
-            path, n_threads=threads, max_parallel=parallel, max_context=self.entry.context
+            path, n_threads=threads, max_parallel=parallel, max_context=self.entry.context,
+            state_dir=paths.cache_dir() / "prefix-states",
         )
         self.name = name
+        self.stable_prefix = self._stable_prefix()
+
+    def _stable_prefix(self) -> list[int]:
+        """Tokens every request starts with (the few-shot examples, a chat template's preamble)."""
+        probe_a, tokens_a = self.request("a")
+        probe_b, tokens_b = self.request("b c")
+        n = 0
+        while n < min(len(tokens_a), len(tokens_b)) and tokens_a[n] == tokens_b[n]:
+            n += 1
+        return tokens_a[:n]
 
     def request(self, prompt: str) -> tuple[BoosterRequest, list[int]]:
         req = build_request(self.entry.prompt_format, prompt)
@@ -151,7 +162,7 @@ def _run_chunk(booster, jobs, prepared, sampling, budget, on_outcome) -> None:
 
     booster.model.complete(
         [p[1] for p in prepared], seeds=[j.seed for j in jobs], sampling=sampling,
-        stop=prepared[0][0].stop, on_done=first_try,
+        stop=prepared[0][0].stop, on_done=first_try, stable_prefix=booster.stable_prefix,
     )
     if not retry:
         return
@@ -170,7 +181,7 @@ def _run_chunk(booster, jobs, prepared, sampling, budget, on_outcome) -> None:
 
     booster.model.complete(
         [prepared[i][1] for i in retry], seeds=[jobs[i].seed + RETRY_SEED_OFFSET for i in retry],
-        sampling=sampling, stop=prepared[0][0].stop, on_done=second_try,
+        sampling=sampling, stop=prepared[0][0].stop, on_done=second_try, stable_prefix=booster.stable_prefix,
     )
 
 

@@ -221,3 +221,17 @@ def test_skip_bad_lines_on_request(tmp_path):
     proc = paav("-m", "tiny", "-i", "in.jsonl", "-o", "out.jsonl", "--on-error", "skip")
     assert proc.returncode == 0 and "line 2" in proc.stderr
     assert [json.loads(x)["id"] for x in (tmp_path / "out.jsonl").read_text().splitlines()] == [1, 3]
+
+
+def test_few_shot_prefix_state_is_saved_once_and_reused(tmp_path):
+    env = {"PAAV_CACHE": str(tmp_path / "cache")}
+    args = ("-m", "tiny", "a cat playing piano", "--seed", "9", "--json")
+    first = paav(*args, env=env)
+    states = list((tmp_path / "cache" / "prefix-states").glob("*.kv"))
+    assert first.returncode == 0 and len(states) == 1
+    states[0].write_bytes(b"garbage")  # a damaged state file is ignored and rewritten, never trusted
+    second = paav(*args, env=env)
+    assert states[0].read_bytes() != b"garbage"
+    third = paav(*args, env=env)  # loads the state
+    outputs = [json.loads(p.stdout)["enhanced"] for p in (first, second, third)]
+    assert outputs[0] == outputs[1] == outputs[2]

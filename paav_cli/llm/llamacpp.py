@@ -59,6 +59,7 @@ class LlamaCppModel:
         max_parallel: int = 32,
         max_context: int = 4096,
         lora_path: Path | None = None,
+        state_dir: Path | None = None,
         verbose: bool = False,
     ):
         self.path = Path(path)
@@ -80,6 +81,8 @@ class LlamaCppModel:
         self._ctx: _internals.LlamaContext | None = None
         self._ctx_shape = (0, 0)
         self._cached_prefix: list[int] = []
+        self.state_dir = Path(state_dir) if state_dir else None
+        self._lora_path = Path(lora_path) if lora_path else None
         self._lora = None
         if lora_path is not None:
             self._load_lora(Path(lora_path))
@@ -175,8 +178,13 @@ class LlamaCppModel:
         sampling: Sampling,
         stop: Sequence[str] = (),
         on_done: Callable[[int, Completion], None] | None = None,
+        stable_prefix: Sequence[int] = (),
     ) -> list[Completion]:
-        """Continue each token list; `on_done(i, completion)` fires as each sequence finishes."""
+        """Continue each token list; `on_done(i, completion)` fires as each sequence finishes.
+
+        `stable_prefix`: leading tokens that every call of this kind shares (the few-shot examples);
+        with a `state_dir`, their KV state is saved once and loaded on later runs instead of decoded.
+        """
         results: list[Completion | None] = [None] * len(prompts)
         for start in range(0, len(prompts), self.max_parallel):
             chunk = range(start, min(start + self.max_parallel, len(prompts)))
@@ -186,7 +194,9 @@ class LlamaCppModel:
                 if on_done:
                     on_done(offset + i, completion)
 
-            self._complete_chunk([prompts[i] for i in chunk], [seeds[i] for i in chunk], sampling, stop, done)
+            self._complete_chunk(
+                [prompts[i] for i in chunk], [seeds[i] for i in chunk], sampling, stop, done, stable_prefix
+            )
         return results  # type: ignore[return-value]
 
     def _sampler(self, seed: int, sampling: Sampling) -> _internals.LlamaSampler:
@@ -203,7 +213,7 @@ class LlamaCppModel:
         sampler.add_dist(seed & 0xFFFFFFFF)
         return sampler
 
-    def _complete_chunk(self, prompts, seeds, sampling: Sampling, stop, done) -> None:
+    def _complete_chunk(self, prompts, seeds, sampling: Sampling, stop, done, stable_prefix=()) -> None:
         n = len(prompts)
         longest = max(len(p) for p in prompts)
         need = longest + sampling.max_tokens + 1
@@ -229,6 +239,8 @@ class LlamaCppModel:
         self._cached_prefix = []
         batch = _internals.LlamaBatch(n_tokens=max(ctx.params.n_batch, n), embd=0, n_seq_max=1)
         try:
+            if reuse == 0 and self.state_dir is not None:
+                reuse = self._restore_or_save_prefix(ctx, batch, prefix, stable_prefix)
             if shared > reuse:
                 self._decode_tokens(ctx, batch, [(0, prefix[reuse:], reuse)])
             self._cached_prefix = prefix
@@ -244,6 +256,49 @@ class LlamaCppModel:
             self._generate(ctx, batch, prompts, first, samplers, sampling, stop, done)
         finally:
             batch.close()
+
+    def _state_file(self, tokens: Sequence[int]) -> Path:
+        import hashlib
+
+        stat = self.path.stat()
+        identity = [str(self.path.resolve()), stat.st_size, stat.st_mtime_ns, llama_cpp.__version__]
+        if self._lora_path is not None:
+            lora = self._lora_path.stat()
+            identity += [str(self._lora_path.resolve()), lora.st_size, lora.st_mtime_ns]
+        digest = hashlib.sha256(repr((identity, list(tokens))).encode()).hexdigest()[:32]
+        return self.state_dir / f"{digest}.kv"
+
+    def _restore_or_save_prefix(self, ctx, batch, prefix: list[int], stable_prefix: Sequence[int]) -> int:
+        """Put the stable part of `prefix` into sequence 0 from disk (or decode and save it);
+        returns how many tokens of `prefix` are now in place.
+
+        Decoding the few-shot examples is about a fifth of a single prompt's latency on a CPU; the
+        saved state (a few MB) loads in milliseconds.
+        """
+        stable = _common_prefix_length([list(stable_prefix), prefix]) if stable_prefix else 0
+        if stable < 32:
+            return 0
+        tokens = prefix[:stable]
+        path = self._state_file(tokens)
+        if path.exists():
+            out = (llama_cpp.llama_token * stable)()
+            count = ctypes.c_size_t(0)
+            read = llama_cpp.llama_state_seq_load_file(ctx.ctx, str(path).encode(), 0, out, stable, ctypes.byref(count))
+            if read and count.value == stable and list(out) == tokens:
+                return stable
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx.ctx), True)
+        self._decode_tokens(ctx, batch, [(0, tokens, 0)])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            array = (llama_cpp.llama_token * stable)(*tokens)
+            if llama_cpp.llama_state_seq_save_file(ctx.ctx, str(tmp).encode(), 0, array, stable):
+                os.replace(tmp, path)
+            else:
+                tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only cache only costs speed
+        return stable
 
     def _decode_tokens(self, ctx, batch, work, samplers=None) -> dict[int, int]:
         """Decode (seq, tokens, start_pos) items in n_batch-sized calls; sample each seq's next token."""
