@@ -34,19 +34,20 @@ def load_prompts(n: int) -> list[str]:
     return [f"a cat playing piano, take {i}" for i in range(n)]
 
 
-def run_raw(path: Path, texts: list[str], seeds: list[int], s: Sampling, stop, threads: int) -> tuple[int, float]:
+def run_raw(path: Path, texts: list[str], seeds: list[int], s: Sampling, stop, threads: int):
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
     llm.create_completion(texts[0], max_tokens=1)  # warm-up, like paav's own first call below
-    tokens, start = 0, time.perf_counter()
+    tokens, outs, start = 0, [], time.perf_counter()
     for text, seed in zip(texts, seeds):
         out = llm.create_completion(
             text, max_tokens=s.max_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
             min_p=s.min_p, repeat_penalty=s.repeat_penalty, seed=seed, stop=stop,
         )
         tokens += out["usage"]["completion_tokens"]
-    return tokens, time.perf_counter() - start
+        outs.append(out["choices"][0]["text"])
+    return tokens, time.perf_counter() - start, outs
 
 
 def run_paav(path: Path, token_lists, seeds, s: Sampling, stop, threads: int, parallel: int):
@@ -65,6 +66,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--model", default="default")
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--repeat-penalty", type=float, default=1.1)
     args = ap.parse_args()
 
     entry = registry.Registry.load().get(args.model, "boosters")
@@ -74,13 +77,13 @@ def main() -> None:
     texts = [r.text for r in requests]
     stop = requests[0].stop
     seeds = list(range(len(prompts)))
-    s = Sampling(max_tokens=args.max_tokens)
+    s = Sampling(max_tokens=args.max_tokens, temperature=args.temperature, repeat_penalty=args.repeat_penalty)
 
     probe = LlamaCppModel(path, n_threads=args.threads)
     token_lists = [probe.encode_prompt(t) for t in texts]
     probe.close()
 
-    raw_tokens, raw_s = run_raw(path, texts, seeds, s, stop, args.threads)
+    raw_tokens, raw_s, raw_texts = run_raw(path, texts, seeds, s, stop, args.threads)
     one, one_s = run_paav(path, token_lists, seeds, s, stop, args.threads, parallel=1)
     many, many_s = run_paav(path, token_lists, seeds, s, stop, args.threads, parallel=len(prompts))
 
@@ -94,7 +97,21 @@ def main() -> None:
     print(f"paav batched ({len(prompts):2d})     {many_tokens:6d} tokens {many_s:7.2f} s  {many_rate:7.1f} tok/s")
     print(f"ratio paav-1 / raw      {one_rate / raw_rate:5.2f}  (goal >= 0.95)")
     print(f"ratio paav-N / paav-1   {many_rate / one_rate:5.2f}  (goal >= 1.8)")
-    print(f"batched text == one-at-a-time text for the same seed: {same}/{len(prompts)}")
+    raw_same = sum(a == b.text for a, b in zip(raw_texts, one))
+    print(f"paav one-at-a-time text == raw text: {raw_same}/{len(prompts)} (same only when greedy, "
+          "repeat penalty 1.0: llama-cpp-python's sampler chain differs otherwise)")
+    prefix = sum(_agree(a.text, b.text) for a, b in zip(one, many)) / len(prompts)
+    print(f"batched text == one-at-a-time text for the same seed: {same}/{len(prompts)}; "
+          f"mean share of words before they part: {prefix:.2f}")
+
+
+def _agree(a: str, b: str) -> float:
+    """Share of the shorter text's words that match before the two texts first differ."""
+    wa, wb = a.split(), b.split()
+    n = 0
+    while n < min(len(wa), len(wb)) and wa[n] == wb[n]:
+        n += 1
+    return n / max(1, min(len(wa), len(wb)))
 
 
 if __name__ == "__main__":

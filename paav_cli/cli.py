@@ -61,14 +61,14 @@ def enhance(
     n: int = typer.Option(1, "-n", min=1, max=64, help="Variants per prompt."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed for reproducible output (random when absent)."),
     temperature: float = typer.Option(0.8, "--temperature", min=0.0, max=2.0, help="Sampling temperature; 0 is greedy."),
-    max_tokens: int = typer.Option(200, "--max-tokens", min=16, max=2048, help="Most tokens generated per prompt."),
+    max_tokens: int = typer.Option(200, "--max-tokens", min=1, max=2048, help="Most tokens generated per prompt."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores, up to 8)."),
     target: Optional[str] = typer.Option(None, "--target", help="Generator whose text-encoder budget to fit, e.g. cogvideox-5b."),
     negative: bool = typer.Option(False, "--negative", help="Add the paper's fixed negative prompt as negative_prompt."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON records instead of plain text."),
     on_error: OnError = typer.Option(OnError.stop, "--on-error", help="A bad input line: stop the batch, or skip it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the output file afresh instead of resuming it."),
-    parallel: int = typer.Option(16, "--parallel", min=1, max=64, help="Prompts decoded together in one batch."),
+    parallel: int = typer.Option(32, "--parallel", min=1, max=64, help="Prompts decoded together in one batch."),
 ) -> None:
     """Enhance one prompt, or every prompt of a file (resumable: rerun to continue)."""
     from paav_cli import enhance as lib

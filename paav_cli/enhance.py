@@ -35,7 +35,7 @@ class EnhanceOptions:
     threads: int | None = None
     target: str | None = None
     negative: bool = False
-    parallel: int = 16
+    parallel: int = 32
 
 
 @dataclass
@@ -67,7 +67,7 @@ class Outcome:
 class Booster:
     """A registered booster loaded for enhancement."""
 
-    def __init__(self, name: str, *, threads: int | None = None, parallel: int = 16):
+    def __init__(self, name: str, *, threads: int | None = None, parallel: int = 32):
         reg = registry.Registry.load()
         self.entry = reg.get(name, "boosters")
         if self.entry.format != "gguf":

@@ -235,3 +235,23 @@ def test_few_shot_prefix_state_is_saved_once_and_reused(tmp_path):
     third = paav(*args, env=env)  # loads the state
     outputs = [json.loads(p.stdout)["enhanced"] for p in (first, second, third)]
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_max_tokens_caps_generation():
+    # The tiny model needs 10 tokens for its two sentences: 3 cut it mid-sentence, so both tries
+    # fail validation and the prompt comes back unchanged; `tokens` counts both tries.
+    proc = paav("-m", "tiny", "a cat playing piano", "--max-tokens", "3", "--json", "--seed", "0")
+    record = json.loads(proc.stdout)
+    assert record["tokens"] == 6 and record["fallback"] is True
+
+
+def test_threads_reach_llama_cpp():
+    from paav_cli.enhance import Booster
+
+    booster = Booster("tiny", threads=1, parallel=4)
+    try:
+        assert booster.model.n_threads == 1 and booster.model.max_parallel == 4
+        ctx = booster.model._context(2, 256)
+        assert ctx.params.n_threads == 1 and ctx.params.n_threads_batch == 1 and ctx.params.n_seq_max == 2
+    finally:
+        booster.model.close()

@@ -157,6 +157,10 @@ class LlamaCppModel:
         # against 11.9 s with one stream per sequence, where the prefix is copied 32 times.
         params.kv_unified = True
         params.no_perf = True
+        # Flash attention off, as llama-cpp-python's `Llama` has it: on the CPU its f16 Q.K path
+        # moved first-token logits by up to 0.7 here and made texts part from llama-cpp-python's
+        # for the same seed; without it they match bit for bit, at the same speed.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=self.verbose)
         if self._lora is not None:
             adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._lora)
