@@ -267,6 +267,8 @@ def enhance_file(
     progress_factory=None,
 ) -> dict:
     """Enhance every prompt of `input_path` into `output` (stdout when None); returns a summary."""
+    if output and input_path != "-" and Path(output).resolve() == Path(input_path).resolve():
+        raise UserError(f"the output {output} is the input file; write the results to another file.")
     records = read_prompts(input_path, on_error=on_error, warn=warn)
     return enhance_records(
         records, output, opts, as_json=as_json, overwrite=overwrite, warn=warn, progress_factory=progress_factory

@@ -155,10 +155,13 @@ class RecordWriter:
         if self.path is None:
             self._file = sys.stdout
             return
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        truncate_partial_line(Path(self.path))
-        is_new = not Path(self.path).exists() or Path(self.path).stat().st_size == 0
-        self._file = open(self.path, "a", encoding="utf-8", newline="")
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            truncate_partial_line(Path(self.path))
+            is_new = not Path(self.path).exists() or Path(self.path).stat().st_size == 0
+            self._file = open(self.path, "a", encoding="utf-8", newline="")
+        except OSError as e:
+            raise UserError(f"cannot write {self.path} ({e.strerror}); choose another output file.") from None
         if self.kind == ".csv":
             self._csv = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
             if is_new:
@@ -194,10 +197,12 @@ def _csv_cell(value):
 def existing_output(path: str) -> list[dict] | int:
     """What an output file already holds: its records (jsonl, csv) or its line count (txt)."""
     p = Path(path)
-    if not p.exists():
-        return [] if p.suffix.lower() != ".txt" else 0
-    truncate_partial_line(p)
     kind = _format_of(path, "write")
+    if p.is_dir():
+        raise UserError(f"the output {path} is a folder; choose another output file.")
+    if not p.exists():
+        return 0 if kind == ".txt" else []
+    truncate_partial_line(p)
     text = p.read_text(encoding="utf-8", errors="replace")
     if kind == ".txt":
         return sum(1 for _ in text.splitlines())

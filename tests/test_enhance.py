@@ -191,6 +191,10 @@ ERRORS = [
     (["-m", "tiny", "word " * 1200], "too long"),
     (["-m", "broken", "a cat"], "not a GGUF model"),
     (["-m", "tiny", "a cat", "-i", "p.txt"], "either a prompt or -i FILE"),
+    (["-m", "gone", "a cat"], "does not exist"),
+    (["-m", "tiny", "-i", "p.txt", "-o", "p.txt"], "is the input file"),
+    (["-m", "tiny", "-i", "p.txt", "-o", "a_folder.jsonl"], "is a folder"),
+    (["-m", "tiny", "-i", "p.txt", "-o", "out.md"], "extension .md"),
 ]
 
 
@@ -201,7 +205,9 @@ def test_bad_input_gets_one_sentence_and_exit_2(tmp_path, args, fragment):
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     (tmp_path / "p.txt").write_text("a cat\n")
     (tmp_path / "broken.gguf").write_bytes(b"GGUF" + b"\x00" * 100)
-    user_models(tmp_path, f'[boosters.broken]\npath = "{tmp_path / "broken.gguf"}"\nprompt_format = "fewshot"\n')
+    (tmp_path / "a_folder.jsonl").mkdir()
+    user_models(tmp_path, f'[boosters.broken]\npath = "{tmp_path / "broken.gguf"}"\nprompt_format = "fewshot"\n'
+                          f'[boosters.gone]\npath = "{tmp_path / "gone.gguf"}"\nprompt_format = "fewshot"\n')
     assert_user_error(paav(*args), fragment)
 
 

@@ -373,6 +373,17 @@ class LlamaCppModel:
         """The next token of every sequence in `seqs` (batch index i holds seqs[i])."""
         return {s: llama_cpp.llama_sampler_sample(samplers[s].sampler, ctx.ctx, i) for i, s in enumerate(seqs)}
 
+    def generate(
+        self, messages: list[dict], *, n: int = 1, temperature: float = 0.8, max_tokens: int = 256,
+        seed: int | None = None,
+    ) -> list[str]:
+        """The `TextGenerator` interface: `n` chat completions of `messages` (seeds seed .. seed+n-1)."""
+        tokens = self.encode_prompt(self.chat_prompt(messages))
+        base = 0 if seed is None else seed
+        sampling = Sampling(temperature=temperature, max_tokens=max_tokens)
+        out = self.complete([tokens] * n, seeds=[base + i for i in range(n)], sampling=sampling)
+        return [c.text.strip() for c in out]
+
     def close(self) -> None:
         if self._ctx is not None:
             self._ctx.close()
