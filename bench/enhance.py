@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from paav_cli import registry  # noqa: E402
-from paav_cli.llm.llamacpp import LlamaCppModel, Sampling  # noqa: E402
-from paav_cli.text.formats import build_request  # noqa: E402
+from paav_cli import registry
+from paav_cli.llm.llamacpp import LlamaCppModel, Sampling
+from paav_cli.text.formats import build_request
 
 
 def load_prompts(n: int) -> list[str]:

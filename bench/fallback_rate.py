@@ -20,9 +20,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from paav_cli import enhance  # noqa: E402
-from paav_cli.prompt_files import read_prompts  # noqa: E402
-from paav_cli.text.clean import split_sentences  # noqa: E402
+from paav_cli import enhance
+from paav_cli.prompt_files import read_prompts
+from paav_cli.text.clean import split_sentences
 
 
 def main() -> None:

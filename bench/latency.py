@@ -21,8 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from paav_cli import registry  # noqa: E402
-from paav_cli.text.formats import build_request  # noqa: E402
+from paav_cli import registry
+from paav_cli.text.formats import build_request
 
 RAW = """
 import sys

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import sys
 from enum import Enum
-from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -54,16 +52,16 @@ def _progress(total: int):
 
 @app.command()
 def enhance(
-    prompt: Optional[str] = typer.Argument(None, help="The prompt to enhance (or use -i for a file)."),
-    input: Optional[str] = typer.Option(None, "-i", "--input", help="Prompt file: .txt, .jsonl or .csv; '-' reads stdin."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output file: .jsonl, .txt or .csv (stdout when absent)."),
+    prompt: str | None = typer.Argument(None, help="The prompt to enhance (or use -i for a file)."),
+    input: str | None = typer.Option(None, "-i", "--input", help="Prompt file: .txt, .jsonl or .csv; '-' reads stdin."),
+    output: str | None = typer.Option(None, "-o", "--output", help="Output file: .jsonl, .txt or .csv (stdout when absent)."),
     model: str = typer.Option("default", "-m", "--model", help="Booster name from `paav models list`."),
     n: int = typer.Option(1, "-n", min=1, max=64, help="Variants per prompt."),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed for reproducible output (random when absent)."),
+    seed: int | None = typer.Option(None, "--seed", min=0, help="Seed for reproducible output (random when absent)."),
     temperature: float = typer.Option(0.8, "--temperature", min=0.0, max=2.0, help="Sampling temperature; 0 is greedy."),
     max_tokens: int = typer.Option(200, "--max-tokens", min=1, max=2048, help="Most tokens generated per prompt."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores, up to 8)."),
-    target: Optional[str] = typer.Option(None, "--target", help="Generator whose text-encoder budget to fit, e.g. cogvideox-5b."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores, up to 8)."),
+    target: str | None = typer.Option(None, "--target", help="Generator whose text-encoder budget to fit, e.g. cogvideox-5b."),
     negative: bool = typer.Option(False, "--negative", help="Add the paper's fixed negative prompt as negative_prompt."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON records instead of plain text."),
     on_error: OnError = typer.Option(OnError.stop, "--on-error", help="A bad input line: stop the batch, or skip it."),
@@ -103,7 +101,7 @@ def enhance(
 
 @models_app.command("list")
 def models_list(
-    role: Optional[str] = typer.Option(None, "--role", help="Only this role: boosters, mutators, generators, rewards, base_llms."),
+    role: str | None = typer.Option(None, "--role", help="Only this role: boosters, mutators, generators, rewards, base_llms."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON records."),
 ) -> None:
     """Every registered model by role, with size, licence and whether it is on this machine."""

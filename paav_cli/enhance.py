@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from paav_cli import paths, registry
 from paav_cli.errors import UserError
@@ -87,8 +87,8 @@ class Booster:
 
     def _stable_prefix(self) -> list[int]:
         """Tokens every request starts with (the few-shot examples, a chat template's preamble)."""
-        probe_a, tokens_a = self.request("a")
-        probe_b, tokens_b = self.request("b c")
+        _, tokens_a = self.request("a")
+        _, tokens_b = self.request("b c")
         n = 0
         while n < min(len(tokens_a), len(tokens_b)) and tokens_a[n] == tokens_b[n]:
             n += 1

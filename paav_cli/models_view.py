@@ -50,14 +50,14 @@ def list_models(role: str | None = None, as_json: bool = False) -> None:
             print(json.dumps(row, ensure_ascii=False))
         return
     console = Console()
-    for role in dict.fromkeys(row["role"] for row in data):
-        table = Table(title=f"{role}s", title_justify="left", expand=False)
+    for title in dict.fromkeys(row["role"] for row in data):
+        table = Table(title=f"{title}s", title_justify="left", expand=False)
         table.add_column("name", no_wrap=True, style="bold")
         table.add_column("size", no_wrap=True)
         table.add_column("license", overflow="fold")
         table.add_column("local", no_wrap=True)
         table.add_column("notes", overflow="fold")
         for row in data:
-            if row["role"] == role:
+            if row["role"] == title:
                 table.add_row(row["name"], row["size"], row["license"], row["local"], row["notes"])
         console.print(table)

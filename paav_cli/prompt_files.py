@@ -11,9 +11,10 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 from paav_cli.errors import UserError
 from paav_cli.runs import truncate_partial_line

@@ -9,10 +9,10 @@ it imports no heavy library.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.util
-import difflib
 import os
 import shutil
 import tomllib
@@ -72,7 +72,7 @@ class ModelEntry(BaseModel):
     defined_in: str = ""
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ModelEntry":
+    def _one_source(self) -> ModelEntry:
         sources = [s for s in ("hub", "package", "path", "url", "builder") if getattr(self, s)]
         if len(sources) != 1:
             raise ValueError(
@@ -110,7 +110,7 @@ class MutatorEntry(ModelEntry):
     api_key_env: str = "OPENAI_API_KEY"
 
     @model_validator(mode="after")
-    def _one_source(self) -> "MutatorEntry":
+    def _one_source(self) -> MutatorEntry:
         # An API mutator lives behind an endpoint, not in files.
         if self.backend == "openai":
             return self
@@ -200,7 +200,7 @@ class Registry:
                 self.entries[name] = entry  # a user entry overrides a built-in one of the same name
 
     @classmethod
-    def load(cls) -> "Registry":
+    def load(cls) -> Registry:
         files = [BUILTIN_MODELS]
         user = paths.user_models_file()
         if user.exists() or "PAAV_MODELS" in os.environ:
@@ -385,8 +385,8 @@ def _hub_reachable(timeout: float = 5.0) -> tuple[bool, str]:
 
 def _pull_hub(entry: ModelEntry) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import logging as hub_logging
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import logging as hub_logging
 
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise UserError(

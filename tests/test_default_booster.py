@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import paav
+
 from paav_cli.text.clean import split_sentences
 
 pytestmark = pytest.mark.real_model

@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import assert_user_error, paav, user_models
+
 from paav_cli.testing.tiny_gguf import EXPECTED_CONTINUATIONS
 from paav_cli.text.budget import ApproxCounter
 from paav_cli.text.templates import NEGATIVE_PROMPT
@@ -73,7 +73,8 @@ def test_txt_and_csv_outputs_and_stdin(tmp_path):
     (tmp_path / "in.csv").write_text("prompt,shot\na cat playing piano,1\na bird,2\n")
     proc = paav("-m", "tiny", "-i", "in.csv", "-o", "out.csv", "--seed", "0")
     assert proc.returncode == 0, proc.stderr
-    rows = list(csv.DictReader(open(tmp_path / "out.csv")))
+    with open(tmp_path / "out.csv") as f:
+        rows = list(csv.DictReader(f))
     assert [r["shot"] for r in rows] == ["1", "2"] and rows[0]["enhanced"] in EXPECTED
     proc = paav("-m", "tiny", "-i", "-", "-o", "out.txt", "--seed", "0", input="a cat playing piano\n\na bird\n")
     lines = (tmp_path / "out.txt").read_text().splitlines()

@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from conftest import assert_user_error, paav, user_models
+
 from paav_cli import registry
 from paav_cli.errors import UserError
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from paav_cli.text.templates import RELEASED_INSTRUCTION, RELEASED_SUFFIX
 
+
 @dataclass(frozen=True)
 class Example:
     prompt: str
