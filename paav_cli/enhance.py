@@ -11,7 +11,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from paav_cli import paths, registry
@@ -61,7 +61,6 @@ class Outcome:
     seconds: float
     reason: str | None = None
     trimmed: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 class Booster:
@@ -179,9 +178,11 @@ def _run_chunk(booster, jobs, prepared, sampling, budget, on_outcome) -> None:
         else:
             on_outcome(job, Outcome(job.record.prompt, True, tokens, seconds, reason=issue))
 
+    # Greedy decoding would repeat the failed text whatever the seed, so the retry samples.
+    retry_sampling = sampling if sampling.temperature > 0 else replace(sampling, temperature=0.8)
     booster.model.complete(
         [prepared[i][1] for i in retry], seeds=[jobs[i].seed + RETRY_SEED_OFFSET for i in retry],
-        sampling=sampling, stop=prepared[0][0].stop, on_done=second_try, stable_prefix=booster.stable_prefix,
+        sampling=retry_sampling, stop=prepared[0][0].stop, on_done=second_try, stable_prefix=booster.stable_prefix,
     )
 
 
