@@ -92,11 +92,3 @@ class Journal:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def iter_jsonl(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, raw line) for each non-blank line; decoding is the caller's business."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                yield number, line

@@ -1,0 +1,42 @@
+import json
+
+import pytest
+
+from paav_cli.errors import UserError
+from paav_cli.runs import Journal, atomic_write_json, read_journal, truncate_partial_line
+
+
+def test_journal_appends_flushed_lines_and_survives_a_cut_last_line(tmp_path):
+    path = tmp_path / "j.jsonl"
+    with Journal(path) as journal:
+        journal.append({"a": 1})
+        journal.append({"a": 2})
+        assert read_journal(path) == [{"a": 1}, {"a": 2}]  # flushed: visible before close
+    with open(path, "a") as f:
+        f.write('{"a": 3')  # a crash mid-write
+    assert read_journal(path) == [{"a": 1}, {"a": 2}]
+    with Journal(path) as journal:
+        journal.append({"a": 3})
+    assert read_journal(path) == [{"a": 1}, {"a": 2}, {"a": 3}]
+
+
+def test_a_bad_line_inside_a_journal_is_reported(tmp_path):
+    path = tmp_path / "j.jsonl"
+    path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+    with pytest.raises(UserError, match="line 2"):
+        read_journal(path)
+
+
+def test_atomic_write_replaces_whole_files_only(tmp_path):
+    path = tmp_path / "m.json"
+    atomic_write_json(path, {"stage": 1})
+    atomic_write_json(path, {"stage": 2})
+    assert json.loads(path.read_text()) == {"stage": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temp files left
+
+
+def test_truncate_partial_line(tmp_path):
+    path = tmp_path / "x.txt"
+    path.write_text("one\ntwo\nthr")
+    assert truncate_partial_line(path) == 3 and path.read_text() == "one\ntwo\n"
+    assert truncate_partial_line(path) == 0
