@@ -58,7 +58,10 @@ def enhance(
     model: str = typer.Option("default", "-m", "--model", help="Booster name from `paav models list`."),
     n: int = typer.Option(1, "-n", min=1, max=64, help="Variants per prompt."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Seed for reproducible output (random when absent)."),
-    temperature: float = typer.Option(0.8, "--temperature", min=0.0, max=2.0, help="Sampling temperature; 0 is greedy."),
+    temperature: float | None = typer.Option(
+        None, "--temperature", min=0.0, max=2.0,
+        help="Sampling temperature; 0 is greedy. Default: 0 for one variant (the most faithful), 0.8 with -n > 1.",
+    ),
     max_tokens: int = typer.Option(200, "--max-tokens", min=1, max=2048, help="Most tokens generated per prompt."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores, up to 8)."),
     target: str | None = typer.Option(None, "--target", help="Generator whose text-encoder budget to fit, e.g. cogvideox-5b."),

@@ -262,3 +262,12 @@ def test_threads_reach_llama_cpp():
         assert ctx.params.n_threads == 1 and ctx.params.n_threads_batch == 1 and ctx.params.n_seq_max == 2
     finally:
         booster.model.close()
+
+
+def test_default_temperature_is_greedy_for_one_variant_and_sampled_for_several():
+    one = json.loads(paav("-m", "tiny", "a cat playing piano", "--json").stdout)
+    several = [json.loads(x) for x in paav("-m", "tiny", "a cat playing piano", "--json", "-n", "2").stdout.splitlines()]
+    chosen = json.loads(paav("-m", "tiny", "a cat playing piano", "--json", "--temperature", "0.5").stdout)
+    assert one["temperature"] == 0.0
+    assert [r["temperature"] for r in several] == [0.8, 0.8]
+    assert chosen["temperature"] == 0.5

@@ -67,15 +67,26 @@ def _norm(sentence: str) -> str:
     return re.sub(r"\W+", " ", sentence.lower()).strip()
 
 
+def _ngrams(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    words = _norm(text).split()
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
 # An example's scene details copied into another prompt's rewrite are wrong by construction; its
-# light and camera sentences are the style the examples teach, so copying those is fine.
-_EXAMPLE_SENTENCES = {_norm(s) for e in EXAMPLES for s in split_sentences(e.detail)}
+# light and camera sentences are the style the examples teach, so copying those is fine. Copies
+# are rarely exact ("They are standing in a sunny city park, surrounded by green grass and
+# blooming flowers"), so any run of five words from an example's details counts.
+_EXAMPLE_NGRAMS = set().union(*(_ngrams(e.detail) for e in EXAMPLES))
+
+
+def _copied(sentence: str) -> bool:
+    return not _ngrams(sentence).isdisjoint(_EXAMPLE_NGRAMS)
 
 
 def drop_copied_sentences(text: str) -> str:
     """Remove sentences lifted from a few-shot example's scene details (a small base model does this
     for prompts that resemble an example); what remains is then validated as usual."""
-    return " ".join(s for s in split_sentences(text) if _norm(s) not in _EXAMPLE_SENTENCES)
+    return " ".join(s for s in split_sentences(text) if not _copied(s))
 
 
 def problem(original: str, enhanced: str, *, min_sentences: int = 2, max_sentences: int = 8) -> str | None:
@@ -90,7 +101,7 @@ def problem(original: str, enhanced: str, *, min_sentences: int = 2, max_sentenc
     normed = [_norm(s) for s in sentences]
     if len(set(normed)) < len(normed):
         return "repeats a sentence"
-    if any(n in _EXAMPLE_SENTENCES for n in normed):
+    if any(_copied(s) for s in sentences):
         return "copies a sentence of a few-shot example"
     if any(label.lower() in enhanced.lower() for label in _ECHOES):
         return "echoes a prompt label"

@@ -30,11 +30,19 @@ class Example:
         return f"{self.prompt} {self.detail} {self.style}"
 
 
-# Three fixed, varied examples (a person, an animal, a landscape with a camera move), trimmed from
+# Three fixed, varied examples (a landscape with a camera move, a person, an animal), trimmed from
 # public VBench rewrites (Wan2.1 prompt extender, Apache-2.0; data/ in ../shared). Each keeps the
 # prompt as its first sentence and adds only setting, light, camera and motion, never new subjects:
 # a base model this small copies whatever its examples do, so the examples must be faithful.
+# Order matters: greedy decoding leans on the last example, and with the landscape last it ended
+# 23 of 60 test rewrites with that example's one-line style sentence and nothing else.
 EXAMPLES: tuple[Example, ...] = (
+    Example(
+        "Mount Fuji, tilt down.",
+        "The shot opens on a clear evening sky and slowly tilts down to reveal the snow-capped peak "
+        "glowing gold in the setting sun. Green forests and a calm lake below reflect the mountain's silhouette.",
+        "Smooth camera movement, soft natural light, documentary style.",
+    ),
     Example(
         "A person is eating ice cream.",
         "They stand in a sunny city park, surrounded by green grass and blooming flowers, taking small "
@@ -48,12 +56,6 @@ EXAMPLES: tuple[Example, ...] = (
         "swaying gently. Its fluffy white fur catches the warm afternoon sun. Rolling hills and scattered "
         "wildflowers fill the background.",
         "Medium shot, the camera tracks alongside the sheep as it walks.",
-    ),
-    Example(
-        "Mount Fuji, tilt down.",
-        "The shot opens on a clear evening sky and slowly tilts down to reveal the snow-capped peak "
-        "glowing gold in the setting sun. Green forests and a calm lake below reflect the mountain's silhouette.",
-        "Smooth camera movement, soft natural light, documentary style.",
     ),
 )
 FEWSHOT_EXAMPLES: tuple[tuple[str, str], ...] = tuple((e.prompt, e.target) for e in EXAMPLES)
