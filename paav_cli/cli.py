@@ -45,9 +45,10 @@ def _root(
 
 
 def _progress(total: int):
-    from paav_cli.progress import BatchProgress
+    """A progress bar for batches on a terminal; scripts' stderr stays clean."""
+    from paav_cli.progress import BatchProgress, stderr_is_terminal
 
-    return BatchProgress(total)
+    return BatchProgress(total) if total > 1 and stderr_is_terminal() else None
 
 
 @app.command()
@@ -74,6 +75,8 @@ def enhance(
     """Enhance one prompt, or every prompt of a file (resumable: rerun to continue)."""
     from paav_cli import enhance as lib
 
+    if prompt is None and input is None and not sys.stdin.isatty():
+        input = "-"  # `cat prompts.txt | paav` works like `paav -i -`
     if (prompt is None) == (input is None):
         raise UserError("give either a prompt or -i FILE (not both); e.g. paav enhance \"a cat playing piano\".")
     opts = lib.EnhanceOptions(
@@ -139,6 +142,8 @@ def _with_default_command(argv: list[str]) -> list[str]:
     """Insert `enhance` when the first argument is not a command or a root option."""
     if argv and argv[0] not in COMMANDS and argv[0] not in ROOT_OPTIONS:
         return ["enhance", *argv]
+    if not argv and not sys.stdin.isatty():
+        return ["enhance"]  # prompts piped in with no arguments at all
     return argv
 
 

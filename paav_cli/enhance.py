@@ -298,7 +298,7 @@ def enhance_records(records, output, opts, *, as_json=False, overwrite=False, wa
     booster = Booster(opts.model, threads=opts.threads, parallel=opts.parallel)
     writer = RecordWriter(output, as_json=as_json, columns=output_columns(records, opts, budget))
     writer.open(start)
-    progress = progress_factory(len(pending)) if progress_factory else None
+    progress = progress_factory(len(pending)) if progress_factory else None  # None: no bar
     try:
         def on_outcome(job: Job, outcome: Outcome) -> None:
             if outcome.fallback:

@@ -39,6 +39,10 @@ class EtaColumn(ProgressColumn):
         return Text(f"eta {left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}", style="progress.remaining")
 
 
+def stderr_is_terminal() -> bool:
+    return Console(stderr=True).is_terminal
+
+
 class BatchProgress:
     def __init__(self, total: int, description: str = "enhancing", console: Console | None = None):
         self.console = console or Console(stderr=True)

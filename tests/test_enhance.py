@@ -271,3 +271,17 @@ def test_default_temperature_is_greedy_for_one_variant_and_sampled_for_several()
     assert one["temperature"] == 0.0
     assert [r["temperature"] for r in several] == [0.8, 0.8]
     assert chosen["temperature"] == 0.5
+
+
+def test_piped_prompts_need_no_flags():
+    proc = paav("-m", "tiny", "--seed", "0", input="a cat playing piano\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() in EXPECTED
+
+
+def test_batches_show_a_progress_bar_on_a_terminal_only(tmp_path):
+    (tmp_path / "in.txt").write_text("a cat\na dog\na bird\n")
+    on_terminal = paav("-m", "tiny", "-i", "in.txt", "-o", "a.jsonl", env={"FORCE_COLOR": "1", "TTY_COMPATIBLE": "1"})
+    assert on_terminal.returncode == 0 and "3/3" in on_terminal.stderr and "prompts/s" in on_terminal.stderr
+    piped = paav("-m", "tiny", "-i", "in.txt", "-o", "b.jsonl")
+    assert "prompts/s" not in piped.stderr
