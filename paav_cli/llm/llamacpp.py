@@ -227,13 +227,34 @@ class LlamaCppModel:
                 f"{self.max_context}-token context; shorten it or lower --max-tokens."
             )
         ctx = self._context(n, _round_up(need, 256))
+        batch = _internals.LlamaBatch(n_tokens=max(ctx.params.n_batch, n), embd=0, n_seq_max=1)
+        try:
+            start = self._place_shared_prefix(ctx, batch, prompts, stable_prefix)
+            samplers = [self._sampler(seeds[s], sampling) for s in range(n)]
+            for s in range(n):  # the penalties sampler should see the prompt's recent tokens
+                for token in prompts[s][-64:]:
+                    llama_cpp.llama_sampler_accept(samplers[s].sampler, token)
+            first = self._decode_tokens(
+                ctx, batch, [(s, prompts[s][start:], start) for s in range(n)], samplers=samplers
+            )
+            self._cached_prefix = list(prompts[0])  # now wholly in sequence 0's cells
+            self._generate(ctx, batch, prompts, first, samplers, sampling, stop, done)
+        finally:
+            batch.close()
+
+    def _place_shared_prefix(self, ctx, batch, prompts, stable_prefix) -> int:
+        """Put the prompts' common prefix into every sequence's KV cache; return its length.
+
+        Sequence 0 still holds the previous call's tokens: what matches is kept (the few-shot
+        examples, a chat template's preamble), the rest dropped. Several prompts: the common prefix
+        is decoded once in sequence 0 and shared with the others. One prompt: everything after the
+        kept part is decoded in one call together with the last token, which is exactly what
+        llama-cpp-python's `Llama` does, so one-at-a-time logits match it bit for bit.
+        """
+        n = len(prompts)
         mem = llama_cpp.llama_get_memory(ctx.ctx)
-        shared = _common_prefix_length(prompts)
-        shared = min(shared, min(len(p) for p in prompts) - 1)  # every sequence decodes >= 1 token
-        prefix = list(prompts[0][:shared])
-        # Sequence 0 still holds the previous call's shared prefix: keep what matches (the few-shot
-        # examples, a chat template's system part) and drop everything after it.
-        reuse = _common_prefix_length([self._cached_prefix, prefix]) if self._cached_prefix else 0
+        shared = min(_common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
+        reuse = min(_common_prefix_length([self._cached_prefix, prompts[0]]), shared) if self._cached_prefix else 0
         if reuse == 0:
             llama_cpp.llama_memory_clear(mem, True)
         else:
@@ -241,25 +262,16 @@ class LlamaCppModel:
             for s in range(1, self._ctx_shape[0]):
                 llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
         self._cached_prefix = []
-        batch = _internals.LlamaBatch(n_tokens=max(ctx.params.n_batch, n), embd=0, n_seq_max=1)
-        try:
-            if reuse == 0 and self.state_dir is not None:
-                reuse = self._restore_or_save_prefix(ctx, batch, prefix, stable_prefix)
+        if reuse == 0 and self.state_dir is not None:
+            reuse = self._restore_or_save_prefix(ctx, batch, prompts[0][:shared], stable_prefix)
+        start = reuse
+        if n > 1:
             if shared > reuse:
-                self._decode_tokens(ctx, batch, [(0, prefix[reuse:], reuse)])
-            self._cached_prefix = prefix
+                self._decode_tokens(ctx, batch, [(0, prompts[0][reuse:shared], reuse)])
+            start = shared
             for s in range(1, n):
                 llama_cpp.llama_memory_seq_cp(mem, 0, s, -1, -1)
-            samplers = [self._sampler(seeds[s], sampling) for s in range(n)]
-            for s in range(n):  # the penalties sampler should see the prompt's recent tokens
-                for token in prompts[s][-64:]:
-                    llama_cpp.llama_sampler_accept(samplers[s].sampler, token)
-            first = self._decode_tokens(
-                ctx, batch, [(s, prompts[s][shared:], shared) for s in range(n)], samplers=samplers
-            )
-            self._generate(ctx, batch, prompts, first, samplers, sampling, stop, done)
-        finally:
-            batch.close()
+        return start
 
     def _state_file(self, tokens: Sequence[int]) -> Path:
         import hashlib
