@@ -25,3 +25,13 @@ def user_models_file() -> Path:
     if env := os.environ.get("PAAV_MODELS"):
         return Path(env).expanduser()
     return config_dir() / "models.toml"
+
+
+def renders_dir() -> Path:
+    """The shared, content-addressed render cache: `<cache>/renders/<key>.mp4` + `<key>.json`."""
+    return cache_dir() / "renders"
+
+
+def scores_dir() -> Path:
+    """Cached reward scores, one JSON file per (render, reward model)."""
+    return cache_dir() / "scores"

@@ -56,6 +56,7 @@ class ModelEntry(BaseModel):
     license: str = "unknown"
     size_gb: float | None = None
     notes: str = ""
+    how_to_get: str = ""  # the sentence a "missing model" error ends with, for models no command can pull
 
     # Where it comes from: exactly one of these.
     hub: str | None = None
@@ -133,6 +134,7 @@ class GeneratorEntry(ModelEntry):
 class RewardEntry(ModelEntry):
     kind: str
     dims: list[str]
+    backbone: str | None = None  # the registered image model a head runs on (aesthetic heads)
 
 
 class BaseLLMEntry(ModelEntry):
@@ -177,7 +179,7 @@ def _parse_entries(data: dict, origin: Path) -> dict[str, ModelEntry]:
                 raise UserError(
                     f"{origin}: [{role}.{name}] {where}: {err['msg']}; fix that entry."
                 ) from None
-            if entry.path and not Path(entry.path).expanduser().is_absolute():
+            if entry.path and not entry.path.startswith("{cache}") and not Path(entry.path).expanduser().is_absolute():
                 entry.path = str((origin.parent / entry.path).resolve())
             entries[name] = entry
     return entries
@@ -257,11 +259,16 @@ def _hub_snapshot(entry: ModelEntry) -> Path | None:
     return folder
 
 
+def expand_path(path: str) -> Path:
+    """A registry path: `{cache}` stands for paav's cache folder (so PAAV_CACHE moves it), `~` for home."""
+    return Path(path.replace("{cache}", str(paths.cache_dir()))).expanduser()
+
+
 def local_path(entry: ModelEntry) -> Path | None:
     """Where the model is on disk (the GGUF file when `file` is set, else its folder), or None."""
     kind = entry.source_kind
     if kind == "path":
-        p = Path(entry.path).expanduser()
+        p = expand_path(entry.path)
         return p if p.exists() else None
     if kind == "hub":
         folder = _hub_snapshot(entry)
@@ -294,8 +301,8 @@ def require_path(entry: ModelEntry) -> Path:
     if entry.source_kind in ("package", "builder"):
         return pull(entry)
     if entry.source_kind == "path":
-        raise UserError(f"model {entry.name!r} points at {entry.path}, which does not exist; "
-                        "fix the path in your models.toml.")
+        how = entry.how_to_get or "fix the path in your models.toml"
+        raise UserError(f"model {entry.name!r} is not at {expand_path(entry.path)}; {how}.")
     raise UserError(f"model {entry.name!r} is not downloaded yet; run `paav models pull {entry.name}`.")
 
 

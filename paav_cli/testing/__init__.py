@@ -10,10 +10,18 @@ from pathlib import Path
 
 from paav_cli.errors import UserError
 
-# The file an entry names decides what is built.
-_GGUF_BUILDERS = {
+# The file (or folder) an entry names decides what is built.
+_BUILDERS = {
     "tiny-booster.gguf": "paav_cli.testing.tiny_gguf:build_tiny_gguf",
     "tiny-chat-booster.gguf": "paav_cli.testing.tiny_gguf:build_tiny_gguf",
+    "tiny-cogvideox": "paav_cli.testing.tiny_video:build_tiny_cogvideox",
+    "tiny-wan": "paav_cli.testing.tiny_video:build_tiny_wan",
+    "tiny-ltx": "paav_cli.testing.tiny_video:build_tiny_ltx",
+    "tiny-sd": "paav_cli.testing.tiny_video:build_tiny_sd",
+    "tiny-videoscore": "paav_cli.testing.tiny_videoscore:build_tiny_videoscore",
+    "tiny-aesthetic-clip": "paav_cli.testing.tiny_clip:build_tiny_open_clip",
+    "tiny-aesthetic.pth": "paav_cli.testing.tiny_clip:build_tiny_aesthetic_head",
+    "tiny-mps": "paav_cli.testing.tiny_mps:build_tiny_mps",
 }
 
 
@@ -23,10 +31,24 @@ def tiny_model_path(entry, folder: Path) -> Path:
 
 def build_tiny_model(entry, folder: Path) -> Path:
     import importlib
+    import shutil
+    import tempfile
 
     target = tiny_model_path(entry, folder)
-    spec = _GGUF_BUILDERS.get(target.name)
+    spec = _BUILDERS.get(target.name)
     if spec is None:
         raise UserError(f"no tiny builder makes {target.name!r} (entry {entry.name!r}); fix its `file`.")
     module, func = spec.split(":")
-    return getattr(importlib.import_module(module), func)(target)
+    build = getattr(importlib.import_module(module), func)
+    if target.suffix in (".gguf", ".pth"):
+        return build(target)
+    # Folders are built beside their place and renamed into it, so a kill never leaves half a model.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
