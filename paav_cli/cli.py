@@ -134,7 +134,133 @@ def models_pull(name: str = typer.Argument(..., help="A registered model name.")
     print(registry.pull(entry))
 
 
-COMMANDS = {"enhance", "models"}
+class Memory(str, Enum):
+    none = "none"
+    model = "model"
+    sequential = "sequential"
+
+
+class Dtype(str, Enum):
+    auto = "auto"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+@app.command()
+def render(
+    prompts: list[str] = typer.Argument(None, help="Prompts to render (or use -i for a file)."),
+    generator: str = typer.Option(..., "-g", "--generator", help="Generator name from `paav models list`."),
+    input: str | None = typer.Option(None, "-i", "--input", help="Prompt file: .txt, .jsonl or .csv."),
+    out_dir: str | None = typer.Option(None, "-o", "--output", help="Folder for the videos (default: print cache paths)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed; the same seed and settings give the same video."),
+    frames: int | None = typer.Option(None, "--frames", min=1, help="Frames (must follow the model's rule, e.g. 8k+1)."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Denoising steps (default: the model's)."),
+    height: int | None = typer.Option(None, "--height", min=8, help="Height in pixels (default: the model's)."),
+    width: int | None = typer.Option(None, "--width", min=8, help="Width in pixels (default: the model's)."),
+    guidance: float | None = typer.Option(None, "--guidance", min=0.0, help="Classifier-free guidance scale."),
+    negative: str = typer.Option("", "--negative", help="Negative prompt text."),
+    paper_negative: bool = typer.Option(False, "--paper-negative", help="Use the paper's fixed negative prompt."),
+    memory: Memory = typer.Option(Memory.none, "--memory", help="none, model (model CPU offload) or sequential offload."),
+    vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode the video in tiles (less GPU memory)."),
+    dtype: Dtype = typer.Option(Dtype.auto, "--dtype", help="auto: bf16 on a GPU, fp32 on the CPU."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON record per video."),
+) -> None:
+    """Render prompts to videos with a text-to-video model (cached: a finished render is never redone)."""
+    import json
+
+    from paav_cli.text.templates import NEGATIVE_PROMPT
+    from paav_cli.video.batch import render_records
+    from paav_cli.video.jobs import RenderJob
+    from paav_cli.video.render import RenderOptions
+
+    records = _prompt_records(prompts, input, example='paav render "a cat playing piano" -g cogvideox-2b')
+    template = RenderJob(
+        prompt="", negative=NEGATIVE_PROMPT if paper_negative else negative, seed=seed, frames=frames,
+        height=height, width=width, steps=steps, guidance=guidance,
+    )
+    options = RenderOptions(memory=memory.value, vae_tiling=vae_tiling, dtype=None if dtype == Dtype.auto else dtype.value)
+    bar = _two_level(len(records), "rendering")
+    try:
+        results = render_records(records, generator, template, options, out_dir, progress=bar)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished videos are cached; run the same command again to resume.", file=sys.stderr)
+        raise typer.Exit(130)
+    finally:
+        if bar:
+            bar.close()
+    for r in results:
+        print(json.dumps(r, ensure_ascii=False) if as_json else r["path"])
+
+
+def _prompt_records(prompts: list[str] | None, input: str | None, example: str):
+    from paav_cli.prompt_files import PromptRecord, read_prompts
+
+    if bool(prompts) == bool(input):
+        raise UserError(f"give either prompts or -i FILE (not both); e.g. {example}.")
+    if input:
+        return read_prompts(input)
+    return [PromptRecord(id=i, prompt=p) for i, p in enumerate(prompts, start=1)]
+
+
+def _two_level(total: int, description: str):
+    from paav_cli.progress import TwoLevelProgress, stderr_is_terminal
+
+    return TwoLevelProgress(total, description) if stderr_is_terminal() else None
+
+
+@app.command()
+def score(
+    videos: list[str] = typer.Argument(..., help="Video files (mp4) or images to score."),
+    prompt: list[str] = typer.Option(None, "--prompt", help="The ORIGINAL prompt: once for all videos, or once per video."),
+    rewards: str = typer.Option("videoscore,aesthetic,mps", "--rewards", help="Comma-separated reward model names."),
+    preset: str = typer.Option("paper", "--preset", help="How dimensions combine: paper, released-evolution, released-dpo."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON record per video."),
+) -> None:
+    """Score videos with reward models: every dimension plus the combined score (models load one at a time)."""
+    from paav_cli.rewards.report import print_table, prompts_for, records_as_json
+    from paav_cli.rewards.scoring import score_videos
+
+    names = [n.strip() for n in rewards.split(",") if n.strip()]
+    if not names:
+        raise UserError("--rewards is empty; name at least one reward model, e.g. --rewards aesthetic.")
+    texts = prompts_for(videos, prompt or [])
+    bar = _two_level(len(videos), "scoring")
+    try:
+        records = score_videos(videos, texts, names, preset=preset, progress=bar)
+    finally:
+        if bar:
+            bar.close()
+    if as_json:
+        records_as_json(records)
+    else:
+        print_table(records)
+
+
+@models_app.command("convert")
+def models_convert(
+    name: str = typer.Argument(..., help="What to convert: mps."),
+    checkpoint: str = typer.Argument(..., help="The downloaded checkpoint, e.g. MPS_overall_checkpoint.pth."),
+    clip: str = typer.Option("mps-clip", "--clip", help="The registered CLIP model whose config and tokenizer MPS uses."),
+) -> None:
+    """Convert a pickled checkpoint to safetensors safely (allow-listed unpickling; no code runs)."""
+    from pathlib import Path
+
+    from paav_cli import registry
+
+    if name != "mps":
+        raise UserError(f"paav can convert only 'mps', not {name!r}.")
+    if not Path(checkpoint).is_file():
+        raise UserError(f"checkpoint {checkpoint} does not exist; check the path.")
+    from paav_cli.rewards.convert_mps import convert_mps
+
+    reg = registry.Registry.load()
+    clip_folder = registry.require_path(reg.get(clip, "rewards"))
+    out = registry.expand_path(reg.get("mps", "rewards").path)
+    print(convert_mps(Path(checkpoint), clip_folder, out))
+
+
+COMMANDS = {"enhance", "models", "render", "score"}
 ROOT_OPTIONS = {"--help", "-h", "--version"}
 
 

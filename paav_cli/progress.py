@@ -65,3 +65,48 @@ class BatchProgress:
 
     def close(self) -> None:
         self._progress.stop()
+
+
+class TwoLevelProgress:
+    """An outer bar over items (videos, or videos per reward model) and an inner bar over steps."""
+
+    def __init__(self, total: int, description: str, unit: str = "videos", console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self._progress = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self._outer = self._progress.add_task(description, total=total)
+        self._inner = None
+        self._progress.start()
+
+    # -- render hooks (video/render.py RenderProgressHook)
+
+    def start_video(self, label: str, steps: int) -> None:
+        short = label if len(label) <= 40 else label[:39] + "…"
+        if self._inner is None:
+            self._inner = self._progress.add_task(f"  {short}", total=steps)
+        else:
+            self._progress.reset(self._inner, total=steps, description=f"  {short}")
+
+    def step(self) -> None:
+        if self._inner is not None:
+            self._progress.advance(self._inner)
+
+    def video_done(self) -> None:
+        self._progress.advance(self._outer)
+
+    # -- score hooks (rewards/scoring.py ScoreProgressHook)
+
+    def start_model(self, name: str, total: int) -> None:
+        self._progress.reset(self._outer, total=total, description=f"scoring with {name}")
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._outer, n)
+
+    def close(self) -> None:
+        self._progress.stop()

@@ -135,6 +135,7 @@ class RewardEntry(ModelEntry):
     kind: str
     dims: list[str]
     backbone: str | None = None  # the registered image model a head runs on (aesthetic heads)
+    frames: int | None = Field(default=None, gt=0)  # frames sampled per video, where the model's default differs
 
 
 class BaseLLMEntry(ModelEntry):

@@ -9,13 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 # Enough words that test prompts tokenise into words, not single letters.
-WORDS = (
-    "a an the of in on at with and to from by over under into through is are cat dog fox bird horse "
-    "piano car city street forest lake river sea beach mountain sky sun moon night day light red "
-    "blue green white black golden soft warm slow slowly camera pans zooms close up wide shot scene "
-    "video man woman child people playing walking running flying sitting standing snow rain water "
-    "tree trees flower flowers field grass house road bridge boat"
-).split()
+WORDS = ["a", "an", "the", "of", "in", "on", "at", "with", "and", "to", "from", "by", "over", "under", "into", "through", "is", "are", "cat", "dog", "fox", "bird", "horse", "piano", "car", "city", "street", "forest", "lake", "river", "sea", "beach", "mountain", "sky", "sun", "moon", "night", "day", "light", "red", "blue", "green", "white", "black", "golden", "soft", "warm", "slow", "slowly", "camera", "pans", "zooms", "close", "up", "wide", "shot", "scene", "video", "man", "woman", "child", "people", "playing", "walking", "running", "flying", "sitting", "standing", "snow", "rain", "water", "tree", "trees", "flower", "flowers", "field", "grass", "house", "road", "bridge", "boat"]
 
 
 def build_t5_tokenizer(folder: Path):
@@ -54,7 +48,8 @@ def build_clip_tokenizer(folder: Path):
     from transformers import CLIPTokenizer
 
     bpe = Path(open_clip.__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
-    merges = gzip.open(bpe).read().decode("utf-8").split("\n")
+    with gzip.open(bpe) as f:
+        merges = f.read().decode("utf-8").split("\n")
     # The same slice and vocabulary construction as open_clip's SimpleTokenizer and OpenAI CLIP.
     merges = [tuple(m.split()) for m in merges[1 : 49152 - 256 - 2 + 1]]
     from open_clip.tokenizer import bytes_to_unicode

@@ -25,8 +25,11 @@ def to_uint8(frames) -> np.ndarray:
 
 
 def _temp_beside(path: Path) -> Path:
+    from paav_cli.runs import default_file_mode
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
+    os.chmod(tmp, default_file_mode())
     return Path(tmp)
 
 
