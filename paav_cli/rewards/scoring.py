@@ -40,7 +40,7 @@ class ScoreCache:
 
     @staticmethod
     def key(video: str, entry: RewardEntry, prompt: str) -> str:
-        blob = json.dumps([video, entry.name, entry.revision or entry.source_kind, prompt], ensure_ascii=False)
+        blob = json.dumps([video, entry.name, registry.revision_of(entry), prompt], ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def get(self, key: str) -> dict[str, float] | None:
@@ -54,7 +54,7 @@ class ScoreCache:
 
     def put(self, key: str, entry: RewardEntry, video: str, scores: dict[str, float]) -> None:
         atomic_write_json(self.root / f"{key}.json", {
-            "reward": entry.name, "revision": entry.revision or entry.source_kind, "video": video, "scores": scores,
+            "reward": entry.name, "revision": registry.revision_of(entry), "video": video, "scores": scores,
         })
 
 

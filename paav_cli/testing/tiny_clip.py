@@ -10,8 +10,10 @@ OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
 TINY_EMBED_DIM = 16
 
 
-def build_tiny_open_clip(folder: Path) -> Path:
-    """The layout of the hub's open_clip repos: open_clip_config.json + open_clip_model.safetensors."""
+def build_tiny_open_clip(folder: Path, mlp_ratio: float = 4.0) -> Path:
+    """The layout of the hub's open_clip repos: open_clip_config.json + open_clip_model.safetensors.
+
+    `mlp_ratio` widens the vision tower's MLPs (bench/score_memory.py scales models up with it)."""
     import open_clip
     import torch
     from safetensors.torch import save_file
@@ -20,7 +22,8 @@ def build_tiny_open_clip(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     model_cfg = {
         "embed_dim": TINY_EMBED_DIM,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16,
+                       "mlp_ratio": mlp_ratio},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
     }
     config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": OPENAI_MEAN, "std": OPENAI_STD}}

@@ -47,7 +47,12 @@ def build_tiny_cogvideox(folder: Path) -> Path:
 
 def build_tiny_wan(folder: Path) -> Path:
     import torch
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
 
     tokenizer, text_encoder = _t5(folder)
     torch.manual_seed(0)

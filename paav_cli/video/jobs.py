@@ -8,7 +8,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from paav_cli.errors import UserError
-from paav_cli.registry import GeneratorEntry
+from paav_cli.registry import GeneratorEntry, revision_of
 
 DTYPES = ("bf16", "fp16", "fp32")
 
@@ -94,7 +94,7 @@ def resolve_job(entry: GeneratorEntry, job: RenderJob, dtype: str) -> RenderSett
         raise UserError(f"--steps must be at least 1 (got {steps}).")
     return RenderSettings(
         generator=entry.name,
-        revision=entry.revision or entry.source_kind,
+        revision=revision_of(entry),
         prompt=job.prompt,
         negative=job.negative,
         seed=job.seed,

@@ -6,7 +6,6 @@ a tiny test model), once per `render` call and only if some job is not already i
 
 from __future__ import annotations
 
-import gc
 import inspect
 import time
 from collections.abc import Callable, Sequence
@@ -89,17 +88,21 @@ class VideoGenerator:
 
     # -- the pipeline
 
-    def load(self):
-        if self.pipe is not None:
-            return self.pipe
-        import torch
-
+    def _device(self) -> str | None:
         device = accelerator()
         if self.options.memory != "none" and device is None:
             raise UserError(
                 f"memory mode {self.options.memory!r} offloads to an accelerator and this machine has none; "
                 "use --memory none to render on the CPU."
             )
+        return device
+
+    def load(self):
+        if self.pipe is not None:
+            return self.pipe
+        import torch
+
+        device = self._device()
         if self.entry.family not in PIPELINES:
             raise UserError(
                 f"{self.entry.name} is a {self.entry.family} model, which paav cannot render through diffusers; "
@@ -114,7 +117,13 @@ class VideoGenerator:
 
         cls = getattr(diffusers, PIPELINES[self.entry.family])
         dtype = getattr(torch, TORCH_DTYPES[default_dtype(self.options, device)])
-        pipe = cls.from_pretrained(folder, torch_dtype=dtype)
+        self.attach(cls.from_pretrained(folder, torch_dtype=dtype))
+        self.loads += 1
+        return self.pipe
+
+    def attach(self, pipe) -> None:
+        """Use an already built pipeline (benchmarks build full-size ones with random weights)."""
+        device = self._device()
         pipe.set_progress_bar_config(disable=True)
         if self.entry.family == "cogvideox" and self.options.dynamic_cfg:
             # Dynamic CFG as the CogVideoX demo runs it: the DPM scheduler with trailing timesteps.
@@ -123,8 +132,6 @@ class VideoGenerator:
             pipe.scheduler = CogVideoXDPMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
         self._place(pipe, device)
         self.pipe = pipe
-        self.loads += 1
-        return pipe
 
     def _place(self, pipe, device: str | None) -> None:
         mode = self.options.memory
@@ -146,11 +153,9 @@ class VideoGenerator:
         if self.pipe is None:
             return
         self.pipe = None
-        gc.collect()
-        import torch
+        from paav_cli.libs import free_memory
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory()
 
     # -- rendering
 
