@@ -53,7 +53,7 @@ def build_models(root: Path) -> dict[str, int]:
 
     tiny_mps.tiny_clip_config = wide_clip_config
     tiny_mps.build_tiny_mps(root / "mps")
-    weights = lambda folder: sum(p.stat().st_size for p in folder.rglob("*.safetensors"))  # noqa: E731
+    weights = lambda folder: sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
     return {
         "bench-videoscore": weights(root / "videoscore"),
         "bench-aesthetic": weights(root / "clip") + (root / "aesthetic.pth").stat().st_size,
