@@ -24,6 +24,11 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="The model registry: list, locate and download models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+evolve_app = typer.Typer(
+    help="Reward-guided prompt evolution: make training pairs (paav evolve PROMPTS --recipe R --run DIR).",
+    no_args_is_help=True,
+)
+app.add_typer(evolve_app, name="evolve")
 
 
 class OnError(str, Enum):
@@ -260,12 +265,77 @@ def models_convert(
     print(convert_mps(Path(checkpoint), clip_folder, out))
 
 
-COMMANDS = {"enhance", "models", "render", "score"}
+@evolve_app.command("run")
+def evolve_cmd(
+    prompts: str = typer.Argument(..., help="Source prompts: .txt, .jsonl or .csv."),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="A recipe file, or a shipped recipe's name (tiny-cpu, cogvideox-2b)."),
+    run: str = typer.Option(..., "--run", help="The run folder (created; rerun the same command to resume)."),
+    mutator: str | None = typer.Option(None, "--mutator", help="Mutator name, overriding the recipe's."),
+    max_digits: int | None = typer.Option(None, "--max-digits", min=0, help="Drop sources with this many digits or more (released: 3)."),
+    max_videos: int | None = typer.Option(None, "--max-videos", min=0, help="Stop cleanly after rendering this many new videos."),
+    max_llm_calls: int | None = typer.Option(None, "--max-llm-calls", min=0, help="Stop cleanly after this many mutator calls."),
+    shard: str | None = typer.Option(None, "--shard", help="Only part i of n of the sources, e.g. 1/4 (for several machines)."),
+    concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Mutator requests in flight (API mutators)."),
+) -> None:
+    """Evolve prompts: render, score, mutate (x iterations); write RUN/evolve/pairs.jsonl."""
+    from paav_cli.evolve import evolve_run
+    from paav_cli.evolve.engine import EvolveOptions
+    from paav_cli.evolve.select import parse_shard
+    from paav_cli.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    options = EvolveOptions(max_videos=max_videos, max_llm_calls=max_llm_calls, shard=parse_shard(shard),
+                            concurrency=concurrency)
+    view = _live(loaded.evolve.iterations)
+    try:
+        summary = evolve_run(prompts, loaded, run, mutator=mutator, max_digits=max_digits, options=options, view=view)
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything finished is saved; run the same command again to resume.", file=sys.stderr)
+        raise typer.Exit(130)
+    finally:
+        if view:
+            view.close()
+    _print_evolve_summary(summary, run)
+
+
+@evolve_app.command("merge")
+def evolve_merge(
+    runs: list[str] = typer.Argument(..., help="Run folders of the shards (--shard 1/n ... n/n)."),
+    out: str = typer.Option(..., "-o", "--output", help="The merged run folder."),
+) -> None:
+    """Merge the run folders of sharded evolutions into one: journals joined, pairs recomputed."""
+    from paav_cli.evolve import merge_runs
+
+    _print_evolve_summary(merge_runs(runs, out), out)
+
+
+def _live(iterations: int):
+    from paav_cli.progress import LiveStatus, stderr_is_terminal
+
+    return LiveStatus(iterations) if stderr_is_terminal() else None
+
+
+def _print_evolve_summary(summary: dict, run: str) -> None:
+    gain = summary.get("best_gain")
+    print(
+        f"{summary['pairs']} pairs from {summary['sources']} sources ({summary['sources_without_target']} without a "
+        f"target); {summary['candidates_scored']} candidates scored; best gain "
+        f"{'-' if gain is None else f'{gain:+.3f}'}; pairs in {run}/evolve/pairs.jsonl",
+    )
+    if summary.get("stopped"):
+        print(f"stopped early: {summary['stopped']}; run the same command again (with a larger budget) to go on.",
+              file=sys.stderr)
+
+
+COMMANDS = {"enhance", "models", "render", "score", "evolve"}
 ROOT_OPTIONS = {"--help", "-h", "--version"}
 
 
 def _with_default_command(argv: list[str]) -> list[str]:
-    """Insert `enhance` when the first argument is not a command or a root option."""
+    """Insert `enhance` when the first argument is not a command or a root option, and `run` after
+    `evolve` when what follows is not one of its subcommands (`paav evolve PROMPTS ...`)."""
+    if len(argv) >= 2 and argv[0] == "evolve" and argv[1] not in ("run", "merge", "--help", "-h"):
+        return ["evolve", "run", *argv[1:]]
     if argv and argv[0] not in COMMANDS and argv[0] not in ROOT_OPTIONS:
         return ["enhance", *argv]
     if not argv and not sys.stdin.isatty():

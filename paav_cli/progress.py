@@ -110,3 +110,38 @@ class TwoLevelProgress:
 
     def close(self) -> None:
         self._progress.stop()
+
+
+class LiveStatus:
+    """A one-line live view of a long stage (evolve): named fields, redrawn as they change."""
+
+    LABELS = {
+        "iteration": "iteration", "phase": "", "candidates": "candidates", "rendered": "videos rendered",
+        "cached": "cached", "llm_calls": "LLM calls", "best_gain": "best gain",
+    }
+
+    def __init__(self, total_iterations: int, console: Console | None = None):
+        from rich.live import Live
+
+        self.fields: dict = {}
+        self.total = total_iterations
+        self._live = Live(Text(""), console=console or Console(stderr=True), refresh_per_second=4, transient=False)
+        self._live.start()
+
+    def update(self, **fields) -> None:
+        self.fields.update(fields)
+        parts = []
+        for key, label in self.LABELS.items():
+            if key not in self.fields or self.fields[key] is None:
+                continue
+            value = self.fields[key]
+            if key == "iteration":
+                parts.append(f"iteration {value}/{self.total}")
+            elif key == "best_gain":
+                parts.append(f"best gain {value:+.3f}")
+            else:
+                parts.append(f"{label} {value}".strip())
+        self._live.update(Text(" · ".join(parts), style="progress.description"))
+
+    def close(self) -> None:
+        self._live.stop()

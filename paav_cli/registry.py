@@ -109,6 +109,8 @@ class MutatorEntry(ModelEntry):
     model: str | None = None
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = Field(120.0, gt=0)  # seconds per request (API mutators)
+    retries: int = Field(5, ge=1)  # tries per request before giving up (API mutators)
 
     @model_validator(mode="after")
     def _one_source(self) -> MutatorEntry:

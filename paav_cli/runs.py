@@ -99,3 +99,42 @@ class Journal:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folders
+
+
+def prepare_run_folder(run: Path) -> Path:
+    """Create the run folder (and check it is writable) before any work starts."""
+    run = Path(run)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        probe = run / ".paav-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to the run folder {run} ({e.strerror}); choose another --run folder.") from None
+    return run
+
+
+def read_manifest(run: Path) -> dict:
+    path = Path(run) / "manifest.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is not valid JSON; restore it or start a new run folder.") from None
+
+
+def update_manifest(run: Path, **changes) -> dict:
+    """Merge `changes` into RUN/manifest.json (nested dicts merged one level deep), atomically."""
+    manifest = read_manifest(run)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(manifest.get(key), dict):
+            manifest[key] = {**manifest[key], **value}
+        else:
+            manifest[key] = value
+    atomic_write_json(Path(run) / "manifest.json", manifest)
+    return manifest

@@ -22,6 +22,7 @@ _BUILDERS = {
     "tiny-aesthetic-clip": "paav_cli.testing.tiny_clip:build_tiny_open_clip",
     "tiny-aesthetic.pth": "paav_cli.testing.tiny_clip:build_tiny_aesthetic_head",
     "tiny-mps": "paav_cli.testing.tiny_mps:build_tiny_mps",
+    "tiny-llama": "paav_cli.testing.tiny_llm:build_tiny_llama",
 }
 
 
@@ -39,6 +40,10 @@ def build_tiny_model(entry, folder: Path) -> Path:
     if spec is None:
         raise UserError(f"no tiny builder makes {target.name!r} (entry {entry.name!r}); fix its `file`.")
     module, func = spec.split(":")
+    if target.suffix != ".gguf":
+        from paav_cli.libs import quiet
+
+        quiet()
     build = getattr(importlib.import_module(module), func)
     if target.suffix in (".gguf", ".pth"):
         return build(target)

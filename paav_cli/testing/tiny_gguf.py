@@ -94,7 +94,7 @@ def build_tiny_gguf(path: Path, *, n_embd: int = 64, n_head: int = 4, n_ff: int 
     tmp = path.with_name(f".{path.name}.partial")
     writer = gguf.GGUFWriter(str(tmp), arch="llama")
     writer.add_name("paav tiny booster")
-    writer.add_context_length(2048)
+    writer.add_context_length(8192)  # room for a mutator's long instruction in tests
     writer.add_embedding_length(n_embd)
     writer.add_block_count(1)
     writer.add_feed_forward_length(n_ff)

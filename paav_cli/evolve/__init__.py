@@ -1,0 +1,146 @@
+"""`paav evolve`: reward-guided prompt evolution, the data engine that makes SFT pairs.
+
+`evolve_run` sets up the run folder (sources snapshot, manifest) and runs the engine; `merge_runs`
+joins the folders of sharded runs. The engine itself is in engine.py, its state in state.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from paav_cli.errors import UserError
+from paav_cli.evolve.engine import (
+    Evolution,
+    EvolveOptions,
+    EvolveView,
+    check_sources,
+    select_sources,
+    write_pairs,
+)
+from paav_cli.evolve.report import draw_curves
+from paav_cli.evolve.state import EvolveState
+from paav_cli.prompt_files import PromptRecord, read_prompts
+from paav_cli.recipe import Recipe
+from paav_cli.runs import atomic_write_text, prepare_run_folder, read_journal, read_manifest, update_manifest
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """What a resumed run must keep. The mutator may change (an endpoint goes down, a backup takes
+    over); every mutator a run used is listed in its manifest."""
+    data = recipe.model_dump(exclude={"path", "name", "description"})
+    data["models"].pop("mutator")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_same_recipe(run: Path, recipe: Recipe) -> None:
+    manifest = read_manifest(run)
+    before = manifest.get("recipe_hash")
+    if before and before != recipe_hash(recipe):
+        raise UserError(
+            f"{run} was started with different recipe settings; resume it with the same recipe, "
+            "or start a new --run folder."
+        )
+
+
+def _snapshot_sources(folder: Path, sources: list[PromptRecord]) -> None:
+    """The first run records its sources; a resumed run must bring the same ones."""
+    path = folder / "sources.jsonl"
+    lines = [{"id": str(r.id), "prompt": r.prompt} for r in sources]
+    if path.exists():
+        if read_journal(path) != lines:
+            raise UserError(
+                f"{folder.parent} holds a run over other source prompts (or another --shard); "
+                "resume it with the same file, or start a new --run folder."
+            )
+        return
+    atomic_write_text(path, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+
+
+def evolve_run(prompts_path: str, recipe: Recipe, run: str, *, mutator: str | None = None,
+               max_digits: int | None = None, options: EvolveOptions | None = None,
+               view: EvolveView | None = None) -> dict:
+    from paav_cli.llm.mutators import load_mutator
+    from paav_cli.registry import Registry
+
+    options = options or EvolveOptions()
+    updates = {"models": recipe.models.model_copy(update={"mutator": mutator})} if mutator else {}
+    if max_digits is not None:
+        updates["evolve"] = recipe.evolve.model_copy(update={"max_digits": max_digits})
+    recipe = recipe.model_copy(update=updates)
+    reg = Registry.load()  # every name checked before any work starts
+    reg.get(recipe.models.generator, "generators")
+    for name in recipe.models.rewards:
+        reg.get(name, "rewards")
+    reg.get(recipe.models.mutator, "mutators")
+    records = read_prompts(prompts_path)
+    check_sources(records, prompts_path)
+    sources = select_sources(records, recipe.evolve.max_digits, options.shard)
+    if not sources:
+        raise UserError(f"no prompt of {prompts_path} is left after --max-digits and --shard; loosen them.")
+    run_dir = prepare_run_folder(Path(run))
+    _check_same_recipe(run_dir, recipe)
+    folder = run_dir / "evolve"
+    folder.mkdir(exist_ok=True)
+    _snapshot_sources(folder, sources)
+    used = read_manifest(run_dir).get("mutators_used", [])
+    update_manifest(run_dir, recipe=recipe.model_dump(), recipe_hash=recipe_hash(recipe),
+                    mutators_used=list(dict.fromkeys([*used, recipe.models.mutator])),
+                    stages={"evolve": {"status": "running"}})
+
+    engine = Evolution(recipe, run_dir, sources, lambda: load_mutator(recipe.models.mutator), options, view)
+    stats = engine.run()
+    return finish(engine, run_dir, stats.record(), done=not stats.stopped)
+
+
+def finish(engine: Evolution, run_dir: Path, stats: dict, done: bool) -> dict:
+    pairs, without = engine.pairs()
+    folder = run_dir / "evolve"
+    write_pairs(folder / "pairs.jsonl", pairs)
+    scored = list(engine.state.scored.values())
+    if scored:
+        draw_curves(scored, folder / "curves.png", title=f"{engine.recipe.name}: mean score per iteration")
+    summary = {
+        "status": "done" if done else "stopped", "sources": len(engine.sources), "pairs": len(pairs),
+        "sources_without_target": without, "candidates_scored": len(scored),
+        "best_gain": engine.best_gain(), **stats,
+    }
+    update_manifest(run_dir, stages={"evolve": summary})
+    return summary
+
+
+def merge_runs(runs: list[str], out: str) -> dict:
+    """Join sharded runs: journals and candidates concatenated, pairs and curves recomputed."""
+    from paav_cli.recipe import Recipe
+
+    manifests = [read_manifest(Path(r)) for r in runs]
+    for r, m in zip(runs, manifests):
+        if not m.get("recipe"):
+            raise UserError(f"{r} is not an evolve run folder (no manifest.json); check the path.")
+    if len({m["recipe_hash"] for m in manifests}) != 1:
+        raise UserError("these runs used different recipe settings; merge only shards of one recipe.")
+    out_dir = prepare_run_folder(Path(out))
+    folder = out_dir / "evolve"
+    folder.mkdir(exist_ok=True)
+    sources, seen = [], set()
+    for r in runs:
+        for rec in read_journal(Path(r) / "evolve" / "sources.jsonl"):
+            if rec["id"] in seen:
+                raise UserError(f"source {rec['id']} is in more than one run; merge disjoint shards only.")
+            seen.add(rec["id"])
+            sources.append(PromptRecord(id=rec["id"], prompt=rec["prompt"]))
+    for name in ("sources.jsonl", "candidates.jsonl", "journal.jsonl"):
+        lines = []
+        for r in runs:
+            lines += [json.dumps(x, ensure_ascii=False) + "\n" for x in read_journal(Path(r) / "evolve" / name)]
+        atomic_write_text(folder / name, "".join(lines))
+    recipe = Recipe.model_validate(manifests[0]["recipe"])
+    update_manifest(out_dir, recipe=manifests[0]["recipe"], recipe_hash=manifests[0]["recipe_hash"],
+                    merged_from=[str(r) for r in runs])
+    engine = Evolution(recipe, out_dir, sources, lambda: None)
+    stopped = [r for r, m in zip(runs, manifests) if m.get("stages", {}).get("evolve", {}).get("status") != "done"]
+    return finish(engine, out_dir, {"merged": len(runs)}, done=not stopped)
+
+
+__all__ = ["EvolveOptions", "EvolveState", "evolve_run", "merge_runs"]

@@ -1,0 +1,270 @@
+"""Reward-guided prompt evolution, phase-batched over every source prompt.
+
+Each iteration: render every pending candidate of every source with the generator loaded once,
+free it; score them all with each reward model loaded once; journal them; then ask the mutator for
+the next candidates of every source (concurrently for API mutators). Model loads per iteration =
+number of models, never prompts x models. All state is in the run folder (state.py), and renders
+and scores are content-addressed, so an interrupted run resumes with nothing redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from paav_cli.errors import UserError
+from paav_cli.evolve.select import choose_target, digit_count, in_shard, top_candidates
+from paav_cli.evolve.state import Candidate, EvolveState, Scored
+from paav_cli.prompt_files import PromptRecord
+from paav_cli.recipe import Recipe
+from paav_cli.runs import Journal, atomic_write_text
+from paav_cli.text.evolution import mutation_messages, parse_prompts
+
+
+@dataclass
+class EvolveOptions:
+    max_videos: int | None = None  # new renders this run may make (cache hits are free)
+    max_llm_calls: int | None = None
+    shard: tuple[int, int] | None = None
+    concurrency: int | None = None  # overrides the recipe
+
+
+@dataclass
+class EvolveStats:
+    rendered: int = 0
+    render_cached: int = 0
+    scored: int = 0
+    score_cached: int = 0
+    llm_calls: int = 0
+    loads: dict[int, int] = field(default_factory=dict)  # iteration -> model loads (generator + rewards)
+    stopped: str = ""  # why the run stopped early, if it did
+
+    def record(self) -> dict:
+        return {k: v for k, v in vars(self).items()}
+
+
+class BudgetReached(Exception):
+    pass
+
+
+class EvolveView:
+    """What a live display implements (cli.py draws it with rich); the default shows nothing."""
+
+    def update(self, **fields) -> None: ...
+
+
+def select_sources(records: list[PromptRecord], max_digits: int, shard) -> list[PromptRecord]:
+    kept = [r for r in records if not (max_digits and digit_count(r.prompt) >= max_digits)]
+    return [r for r in kept if in_shard(str(r.id), shard)]
+
+
+class Evolution:
+    def __init__(self, recipe: Recipe, run: Path, sources: list[PromptRecord], mutator_factory: Callable,
+                 options: EvolveOptions | None = None, view: EvolveView | None = None):
+        self.recipe = recipe
+        self.cfg = recipe.evolve
+        self.folder = Path(run) / "evolve"
+        self.sources = {str(r.id): r.prompt for r in sources}
+        self.options = options or EvolveOptions()
+        self.view = view or EvolveView()
+        self.stats = EvolveStats()
+        self._mutator_factory = mutator_factory
+        self._mutator = None
+        self.state = EvolveState.load(self.folder)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> EvolveStats:
+        with Journal(self.state.candidates_path) as proposals, Journal(self.state.journal_path) as journal:
+            self._propose_originals(proposals)
+            try:
+                for iteration in range(self.cfg.iterations + 1):
+                    self.view.update(iteration=iteration)
+                    self._evaluate(iteration, journal)
+                    if iteration < self.cfg.iterations:
+                        self._mutate(iteration + 1, proposals)
+            except BudgetReached as stop:
+                self.stats.stopped = str(stop)
+            finally:
+                self._close_mutator()
+        return self.stats
+
+    def _propose_originals(self, proposals: Journal) -> None:
+        for sid, prompt in self.sources.items():
+            if (sid, 0) not in self.state.asked:
+                self.state.propose(proposals, [Candidate(f"{sid}:0:0", sid, 0, prompt)], sid, 0)
+
+    # ------------------------------------------------------------------ render + score
+
+    def _evaluate(self, iteration: int, journal: Journal) -> None:
+        pending = sorted(self.state.pending(iteration, set(self.sources)), key=lambda c: c.id)
+        if not pending:
+            return
+        paths, keys = self._render(pending, iteration)
+        self.view.update(phase="scoring", candidates=len(pending))
+        from paav_cli.rewards.scoring import ScoreStats, score_videos
+
+        score_stats = ScoreStats()
+        records = score_videos(
+            paths, [self.sources[c.source] for c in pending], self.recipe.models.rewards,
+            preset=self.recipe.scores.preset, stats=score_stats,
+        )
+        self.stats.scored += score_stats.scored
+        self.stats.score_cached += score_stats.cached
+        self.stats.loads[iteration] = self.stats.loads.get(iteration, 0) + score_stats.loads
+        for c, rec, key in zip(pending, records, keys):
+            scored = Scored(c, rec["scores"], rec["combined"], key)
+            journal.append(scored.record())
+            self.state.scored[c.id] = scored
+        self.view.update(best_gain=self.best_gain())
+
+    def _render(self, pending: list[Candidate], iteration: int):
+        from paav_cli.registry import Registry
+        from paav_cli.video.render import RenderOptions, VideoGenerator
+
+        r = self.recipe.render
+        entry = Registry.load().get(self.recipe.models.generator, "generators")
+        gen = VideoGenerator(entry, RenderOptions(
+            memory=r.memory, vae_tiling=r.vae_tiling, dtype=None if r.dtype == "auto" else r.dtype,
+        ))
+        jobs = [self._job(c) for c in pending]
+        settings = gen.resolve(jobs)
+        missing = [s for s in dict.fromkeys(settings) if gen.cache.lookup(s, entry.output) is None]
+        budget = self.options.max_videos
+        if budget is not None and self.stats.rendered + len(missing) > budget:
+            allowed = max(budget - self.stats.rendered, 0)
+            if allowed:
+                gen.render([jobs[settings.index(s)] for s in missing[:allowed]])
+                self.stats.rendered += allowed
+            gen.free()
+            raise BudgetReached(f"--max-videos {budget} reached during iteration {iteration}")
+        self.view.update(phase="rendering", candidates=len(pending))
+        try:
+            paths = gen.render(jobs)
+        finally:
+            gen.free()
+        self.stats.rendered += len(missing)
+        self.stats.render_cached += len(settings) - len(missing)
+        self.stats.loads[iteration] = self.stats.loads.get(iteration, 0) + gen.loads
+        self.view.update(rendered=self.stats.rendered, cached=self.stats.render_cached)
+        return paths, [s.key() for s in settings]
+
+    def _job(self, c: Candidate):
+        from paav_cli.text.templates import NEGATIVE_PROMPT
+        from paav_cli.video.jobs import RenderJob
+
+        r = self.recipe.render
+        return RenderJob(
+            prompt=c.prompt, negative=NEGATIVE_PROMPT if r.paper_negative else r.negative, seed=r.seed,
+            frames=r.frames, height=r.height, width=r.width, steps=r.steps, guidance=r.guidance,
+        )
+
+    # ------------------------------------------------------------------ mutate
+
+    def _mutate(self, iteration: int, proposals: Journal) -> None:
+        todo = [sid for sid in self.sources if (sid, iteration) not in self.state.asked
+                and any(s.candidate.iteration == 0 for s in self.state.pool(sid))]
+        if not todo:
+            return
+        self.view.update(phase="mutating", candidates=len(todo))
+        mutator = self._get_mutator()
+        workers = self.options.concurrency or self.cfg.concurrency
+        workers = workers if getattr(mutator, "parallel_safe", False) else 1
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {sid: pool.submit(self._ask, mutator, sid, iteration) for sid in self._within_call_budget(todo)}
+            failure = None
+            for sid, future in futures.items():  # journaled in source order as each answer arrives
+                try:
+                    self.state.propose(proposals, future.result(), sid, iteration)
+                except Exception as e:  # noqa: BLE001 - keep every other answer (each one was paid for)
+                    failure = failure or e
+                self.view.update(llm_calls=self.stats.llm_calls)
+            if failure is not None:
+                raise failure
+        if len(futures) < len(todo):
+            raise BudgetReached(f"--max-llm-calls {self.options.max_llm_calls} reached during iteration {iteration}")
+
+    def _within_call_budget(self, todo: list[str]) -> list[str]:
+        budget = self.options.max_llm_calls
+        if budget is None:
+            return todo
+        # Each source may need a second call (when the first answer holds no prompt): reserve two.
+        room = max((budget - self.stats.llm_calls) // 2, 0)
+        return todo[:room]
+
+    def _ask(self, mutator, sid: str, iteration: int) -> list[Candidate]:
+        pool = self.state.pool(sid)
+        original = next(s for s in pool if s.candidate.iteration == 0)
+        top = top_candidates(pool, self.cfg.keep_top)
+        entries = [(original.candidate.prompt, original.scores)] + [(s.candidate.prompt, s.scores) for s in top]
+        dims = [d for d in ("VQ", "TC", "DD", "TVA", "FC", "AES", "MPS", "CLIP") if d in original.scores]
+        messages = mutation_messages(entries, dims, self.cfg.new_per_iteration, self.cfg.examples)
+        seen = {c.prompt for c in self.state.candidates.values() if c.source == sid}
+        from paav_cli.text.evolution import normalise
+
+        seen_keys = {normalise(p) for p in seen}
+        for attempt in range(2):  # ask again once when an answer holds no usable prompt
+            self.stats.llm_calls += 1
+            [answer] = mutator.generate(
+                messages, n=1, temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens,
+                seed=self._seed(sid, iteration, attempt),
+            )
+            prompts = parse_prompts(answer, limit=self.cfg.new_per_iteration, seen=seen_keys)
+            if prompts:
+                break
+        parents = tuple([original.candidate.id] + [s.candidate.id for s in top])
+        return [Candidate(f"{sid}:{iteration}:{k}", sid, iteration, p, parents) for k, p in enumerate(prompts)]
+
+    def _seed(self, sid: str, iteration: int, attempt: int) -> int:
+        blob = f"{self.cfg.seed}:{sid}:{iteration}:{attempt}".encode()
+        return int(hashlib.sha256(blob).hexdigest()[:8], 16)
+
+    def _get_mutator(self):
+        if self._mutator is None:
+            self._mutator = self._mutator_factory()
+        return self._mutator
+
+    def _close_mutator(self) -> None:
+        if self._mutator is not None and hasattr(self._mutator, "close"):
+            self._mutator.close()
+        self._mutator = None
+
+    # ------------------------------------------------------------------ results
+
+    def best_gain(self) -> float | None:
+        gains = []
+        for sid in self.sources:
+            pool = self.state.pool(sid)
+            original = next((s for s in pool if s.candidate.iteration == 0), None)
+            if original and len(pool) > 1:
+                gains.append(max(s.combined for s in pool) - original.combined)
+        return max(gains) if gains else None
+
+    def pairs(self) -> tuple[list[dict], int]:
+        """SFT pairs (one per source with a qualifying target) and how many sources had none."""
+        pairs, none = [], 0
+        for sid in self.sources:
+            chosen = choose_target(self.state.pool(sid), self.cfg.thresholds, self.cfg.min_gain)
+            if chosen is None:
+                none += 1
+                continue
+            original, target = chosen
+            pairs.append({
+                "source": original.candidate.prompt, "target": target.candidate.prompt, "scores": target.scores,
+                "gain": round(target.combined - original.combined, 4), "source_id": sid,
+                "source_scores": original.scores, "target_id": target.candidate.id,
+            })
+        return pairs, none
+
+
+def write_pairs(path: Path, pairs: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
+
+
+def check_sources(records: list[PromptRecord], path: str) -> None:
+    if not records:
+        raise UserError(f"{path} has no prompts; give a file with at least one prompt.")
