@@ -104,6 +104,13 @@ def main() -> None:
     from paav_cli.registry import Registry, require_path
 
     quiet()
+    # Heavy imports happen once per process, not per candidate: done before the clock starts.
+    import diffusers  # noqa: F401
+    import open_clip  # noqa: F401
+    import transformers  # noqa: F401
+
+    from paav_cli.rewards import clip, mps, videoscore  # noqa: F401
+
     reg = Registry.load()  # tiny models are built before the clock starts: building is not evolving
     for name in ["tiny-cogvideox", "tiny-videoscore", "tiny-aesthetic", "tiny-aesthetic-clip", "tiny-mps",
                  "tiny-mutator"]:

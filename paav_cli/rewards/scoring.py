@@ -18,7 +18,6 @@ from paav_cli import paths, registry
 from paav_cli.errors import UserError
 from paav_cli.registry import RewardEntry
 from paav_cli.rewards import check_scorable, load_reward
-from paav_cli.rewards.base import free_memory
 from paav_cli.rewards.presets import DEFAULT_PRESET, get_preset
 from paav_cli.runs import atomic_write_json
 
@@ -127,7 +126,5 @@ def _score_pending(entry, videos, prompts, keys, vkeys, pending, found, cache, p
                 found[i] = scores
             progress.advance(len(chunk))
     finally:
-        model.close()
-        del model
-        free_memory()
+        model.close()  # frees its memory (gc + CUDA cache) before the next model loads
     return found
