@@ -6,6 +6,7 @@ Nothing here imports torch, diffusers or transformers; llama.cpp loads only when
 
 from __future__ import annotations
 
+import json
 import sys
 from enum import Enum
 
@@ -172,7 +173,6 @@ def render(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON record per video."),
 ) -> None:
     """Render prompts to videos with a text-to-video model (cached: a finished render is never redone)."""
-    import json
 
     from paav_cli.text.templates import NEGATIVE_PROMPT
     from paav_cli.video.batch import render_records
@@ -327,7 +327,87 @@ def _print_evolve_summary(summary: dict, run: str) -> None:
               file=sys.stderr)
 
 
-COMMANDS = {"enhance", "models", "render", "score", "evolve"}
+class Quant(str, Enum):
+    recipe = "recipe"
+    auto = "auto"
+    bit4 = "4bit"
+    none = "none"
+
+
+def _with_quant(loaded, section: str, quant: Quant):
+    if quant == Quant.recipe:
+        return loaded
+    part = getattr(loaded, section).model_copy(update={"quant": quant.value})
+    return loaded.model_copy(update={section: part})
+
+
+@app.command()
+def sft(
+    pairs: str = typer.Argument(..., help="Training pairs: JSONL with source and target (evolve's pairs.jsonl)."),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="A recipe file or a shipped recipe's name."),
+    run: str = typer.Option(..., "--run", help="The run folder; the adapter goes to RUN/sft/."),
+    quant: Quant = typer.Option(Quant.recipe, "--quant", help="4bit (QLoRA, needs a CUDA GPU), none (LoRA), auto."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Train again over a run folder made with other settings."),
+) -> None:
+    """Fine-tune the booster's base LLM on prompt pairs with LoRA (QLoRA on a GPU): RUN/sft/."""
+    from paav_cli.recipe import load_recipe
+    from paav_cli.train.sft import run_sft
+
+    loaded = _with_quant(load_recipe(recipe), "sft", quant)
+    summary = run_sft(pairs, loaded, run, resume=resume, force=force)
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (dict, list))}, ensure_ascii=False))
+
+
+@app.command()
+def rank(
+    prompts: str = typer.Argument(..., help="Held-out source prompts: .txt, .jsonl or .csv."),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="A recipe file or a shipped recipe's name."),
+    run: str = typer.Option(..., "--run", help="The run folder (with RUN/sft from `paav sft`)."),
+    round: int = typer.Option(1, "--round", min=1, help="1: sample from the SFT model; N: from DPO round N-1's."),
+) -> None:
+    """Sample k rewrites per prompt from the booster, render and score them, pair them: RUN/rank/triples.jsonl."""
+    from paav_cli.recipe import load_recipe
+    from paav_cli.train.rank import run_rank
+
+    summary = run_rank(prompts, load_recipe(recipe), run, round=round)
+    print(json.dumps(summary, ensure_ascii=False))
+
+
+@app.command()
+def dpo(
+    recipe: str = typer.Option(..., "--recipe", "-r", help="A recipe file or a shipped recipe's name."),
+    run: str = typer.Option(..., "--run", help="The run folder (with RUN/rank from `paav rank`)."),
+    round: int = typer.Option(1, "--round", min=1, help="2 re-ranks with round 1's model and trains again."),
+    quant: Quant = typer.Option(Quant.recipe, "--quant", help="4bit (QLoRA, needs a CUDA GPU), none (LoRA), auto."),
+    force: bool = typer.Option(False, "--force", help="Train again over a round made with other settings."),
+) -> None:
+    """Train DPO on ranked triples on top of the SFT model (the adapter-disabled model is the reference)."""
+    from paav_cli.recipe import load_recipe
+    from paav_cli.train.rounds import dpo_round
+
+    loaded = _with_quant(load_recipe(recipe), "dpo", quant)
+    summary = dpo_round(loaded, run, round, force=force)
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (dict, list))}, ensure_ascii=False))
+
+
+@app.command()
+def merge(
+    adapter: str = typer.Argument(..., help="A LoRA adapter folder (RUN/sft, RUN/dpo-1, ...)."),
+    out: str = typer.Option(..., "-o", "--output", help="Folder for the standalone merged model."),
+    base: str | None = typer.Option(None, "--base", help="Base model folder or registered base LLM (default: the adapter's)."),
+    dtype: str = typer.Option("bf16", "--dtype", help="bf16, fp16 or fp32."),
+) -> None:
+    """Merge a LoRA adapter into its base and save a standalone model with its tokenizer."""
+    from pathlib import Path
+
+    from paav_cli.train.merge import merge_adapter
+    from paav_cli.train.models import resolve_base
+
+    print(merge_adapter(resolve_base(Path(adapter), base), Path(adapter), Path(out), dtype=dtype))
+
+
+COMMANDS = {"enhance", "models", "render", "score", "evolve", "sft", "rank", "dpo", "merge"}
 ROOT_OPTIONS = {"--help", "-h", "--version"}
 
 

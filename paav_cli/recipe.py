@@ -60,6 +60,65 @@ class Evolve(Section):
     seed: int = 0  # mutator sampling seed (per source and iteration derived from it)
 
 
+class Lora(Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    targets: list[str] = ["q_proj", "v_proj"]
+
+
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class Sft(Section):
+    """Paper: LoRA SFT of Llama-3-8B-Instruct, 14 epochs, batch 16, lr 1e-4; released LoRA r=8, alpha=32."""
+
+    base: str = "llama-3-8b-instruct"
+    quant: Literal["auto", "4bit", "none"] = "auto"  # auto: 4-bit QLoRA on a GPU, plain LoRA on the CPU
+    epochs: float = Field(14, gt=0)
+    batch_size: int = Field(16, ge=1)  # effective: per_device_batch x gradient accumulation
+    per_device_batch: int = Field(1, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    max_length: int = Field(1024, ge=16)
+    eval_fraction: float = Field(0.05, ge=0, lt=1)
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"  # auto: on with a GPU
+    lora: Lora = Lora()
+    seed: int = 0
+
+
+class Rank(Section):
+    """DPO data: sample k rewrites per prompt from the SFT model, render, score, pair."""
+
+    samples: int = Field(5, ge=2)
+    temperature: float = Field(1.0, ge=0, le=2)  # the released sampling: 1.0, top_p 1.0, top_k 50
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(50, ge=0)
+    max_tokens: int = Field(256, gt=0)
+    pairing: Literal["best-worst", "released"] = "best-worst"  # paper | the released filter
+    margin: float = 1.4  # released: pairs need a score margin above this
+    max_words: int = Field(130, ge=1)  # released: chosen prompts over this many words are dropped
+    seed: int = 0
+
+
+class Dpo(Section):
+    """Paper: 3 epochs, batch 32, lr 5e-5, two rounds; released: LoRA r=16, alpha=16, all 7 projections,
+    beta 0.1, sigmoid loss, max_length 1024, max_prompt_length 512."""
+
+    quant: Literal["auto", "4bit", "none"] = "auto"
+    rounds: int = Field(2, ge=1)
+    epochs: float = Field(3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    per_device_batch: int = Field(1, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    beta: float = Field(0.1, gt=0)
+    loss: str = "sigmoid"
+    max_length: int = Field(1024, ge=16)
+    max_prompt_length: int = Field(512, ge=8)
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
+    lora: Lora = Lora(r=16, alpha=16, targets=ALL_PROJECTIONS)
+    seed: int = 0
+
+
 class Recipe(Section):
     name: str = ""
     description: str = ""
@@ -67,6 +126,9 @@ class Recipe(Section):
     render: Render = Render()
     scores: Scores = Scores()
     evolve: Evolve = Evolve()
+    sft: Sft = Sft()
+    rank: Rank = Rank()
+    dpo: Dpo = Dpo()
     path: str = ""
 
 

@@ -44,14 +44,14 @@ def _check_same_recipe(run: Path, recipe: Recipe) -> None:
         )
 
 
-def _snapshot_sources(folder: Path, sources: list[PromptRecord]) -> None:
+def snapshot_sources(folder: Path, sources: list[PromptRecord]) -> None:
     """The first run records its sources; a resumed run must bring the same ones."""
     path = folder / "sources.jsonl"
     lines = [{"id": str(r.id), "prompt": r.prompt} for r in sources]
     if path.exists():
         if read_journal(path) != lines:
             raise UserError(
-                f"{folder.parent} holds a run over other source prompts (or another --shard); "
+                f"{folder} holds work on other source prompts (or another --shard); "
                 "resume it with the same file, or start a new --run folder."
             )
         return
@@ -83,7 +83,7 @@ def evolve_run(prompts_path: str, recipe: Recipe, run: str, *, mutator: str | No
     _check_same_recipe(run_dir, recipe)
     folder = run_dir / "evolve"
     folder.mkdir(exist_ok=True)
-    _snapshot_sources(folder, sources)
+    snapshot_sources(folder, sources)
     used = read_manifest(run_dir).get("mutators_used", [])
     update_manifest(run_dir, recipe=recipe.model_dump(), recipe_hash=recipe_hash(recipe),
                     mutators_used=list(dict.fromkeys([*used, recipe.models.mutator])),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from paav_cli.errors import UserError
+from paav_cli.evolve.phases import BudgetReached, PhaseStats, render_phase, score_phase
 from paav_cli.evolve.select import choose_target, digit_count, in_shard, top_candidates
 from paav_cli.evolve.state import Candidate, EvolveState, Scored
 from paav_cli.prompt_files import PromptRecord
@@ -46,9 +47,12 @@ class EvolveStats:
     def record(self) -> dict:
         return {k: v for k, v in vars(self).items()}
 
-
-class BudgetReached(Exception):
-    pass
+    def add(self, phase: PhaseStats, iteration: int) -> None:
+        self.rendered += phase.rendered
+        self.render_cached += phase.render_cached
+        self.scored += phase.scored
+        self.score_cached += phase.score_cached
+        self.loads[iteration] = self.loads.get(iteration, 0) + phase.loads
 
 
 class EvolveView:
@@ -104,64 +108,23 @@ class Evolution:
         pending = sorted(self.state.pending(iteration, set(self.sources)), key=lambda c: c.id)
         if not pending:
             return
-        paths, keys = self._render(pending, iteration)
-        self.view.update(phase="scoring", candidates=len(pending))
-        from paav_cli.rewards.scoring import ScoreStats, score_videos
-
-        score_stats = ScoreStats()
-        records = score_videos(
-            paths, [self.sources[c.source] for c in pending], self.recipe.models.rewards,
-            preset=self.recipe.scores.preset, stats=score_stats,
-        )
-        self.stats.scored += score_stats.scored
-        self.stats.score_cached += score_stats.cached
-        self.stats.loads[iteration] = self.stats.loads.get(iteration, 0) + score_stats.loads
+        phase = PhaseStats()
+        self.view.update(phase="rendering", candidates=len(pending))
+        budget = self.options.max_videos
+        try:
+            paths, keys = render_phase(self.recipe, [c.prompt for c in pending], phase,
+                                       max_new=None if budget is None else budget - self.stats.rendered)
+        except BudgetReached:
+            self.stats.rendered += phase.rendered
+            raise BudgetReached(f"--max-videos {budget} reached during iteration {iteration}") from None
+        self.view.update(phase="scoring", rendered=self.stats.rendered + phase.rendered)
+        records = score_phase(self.recipe, paths, [self.sources[c.source] for c in pending], phase)
         for c, rec, key in zip(pending, records, keys):
             scored = Scored(c, rec["scores"], rec["combined"], key)
             journal.append(scored.record())
             self.state.scored[c.id] = scored
-        self.view.update(best_gain=self.best_gain())
-
-    def _render(self, pending: list[Candidate], iteration: int):
-        from paav_cli.registry import Registry
-        from paav_cli.video.render import RenderOptions, VideoGenerator
-
-        r = self.recipe.render
-        entry = Registry.load().get(self.recipe.models.generator, "generators")
-        gen = VideoGenerator(entry, RenderOptions(
-            memory=r.memory, vae_tiling=r.vae_tiling, dtype=None if r.dtype == "auto" else r.dtype,
-        ))
-        jobs = [self._job(c) for c in pending]
-        settings = gen.resolve(jobs)
-        missing = [s for s in dict.fromkeys(settings) if gen.cache.lookup(s, entry.output) is None]
-        budget = self.options.max_videos
-        if budget is not None and self.stats.rendered + len(missing) > budget:
-            allowed = max(budget - self.stats.rendered, 0)
-            if allowed:
-                gen.render([jobs[settings.index(s)] for s in missing[:allowed]])
-                self.stats.rendered += allowed
-            gen.free()
-            raise BudgetReached(f"--max-videos {budget} reached during iteration {iteration}")
-        self.view.update(phase="rendering", candidates=len(pending))
-        try:
-            paths = gen.render(jobs)
-        finally:
-            gen.free()
-        self.stats.rendered += len(missing)
-        self.stats.render_cached += len(settings) - len(missing)
-        self.stats.loads[iteration] = self.stats.loads.get(iteration, 0) + gen.loads
-        self.view.update(rendered=self.stats.rendered, cached=self.stats.render_cached)
-        return paths, [s.key() for s in settings]
-
-    def _job(self, c: Candidate):
-        from paav_cli.text.templates import NEGATIVE_PROMPT
-        from paav_cli.video.jobs import RenderJob
-
-        r = self.recipe.render
-        return RenderJob(
-            prompt=c.prompt, negative=NEGATIVE_PROMPT if r.paper_negative else r.negative, seed=r.seed,
-            frames=r.frames, height=r.height, width=r.width, steps=r.steps, guidance=r.guidance,
-        )
+        self.stats.add(phase, iteration)
+        self.view.update(rendered=self.stats.rendered, cached=self.stats.render_cached, best_gain=self.best_gain())
 
     # ------------------------------------------------------------------ mutate
 

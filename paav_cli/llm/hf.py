@@ -10,7 +10,7 @@ from paav_cli.errors import UserError
 class HFChat:
     parallel_safe = False  # one model in this process: requests run one after another
 
-    def __init__(self, folder: Path, *, adapter: Path | None = None):
+    def __init__(self, folder: Path, *, adapter: Path | None = None, top_p: float = 1.0, top_k: int = 0):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -28,6 +28,7 @@ class HFChat:
 
             model = PeftModel.from_pretrained(model, adapter)
         self.model = model.to(self.device).eval()
+        self.top_p, self.top_k = top_p, top_k  # sampling filters (the released booster used top_k 50)
         self._torch = torch
 
     def generate(
@@ -43,7 +44,9 @@ class HFChat:
         sample = temperature > 0
         with torch.inference_mode():
             out = self.model.generate(
-                **ids, do_sample=sample, temperature=temperature if sample else None, top_p=None, top_k=None,
+                **ids, do_sample=sample, temperature=temperature if sample else None,
+                top_p=self.top_p if sample and self.top_p < 1 else None,
+                top_k=self.top_k if sample and self.top_k else None,
                 max_new_tokens=max_tokens, num_return_sequences=n,
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
             )

@@ -23,6 +23,8 @@ _BUILDERS = {
     "tiny-aesthetic.pth": "paav_cli.testing.tiny_clip:build_tiny_aesthetic_head",
     "tiny-mps": "paav_cli.testing.tiny_mps:build_tiny_mps",
     "tiny-llama": "paav_cli.testing.tiny_llm:build_tiny_llama",
+    "tiny-qwen2": "paav_cli.testing.tiny_llm:build_tiny_qwen2",
+    "tiny-gemma3": "paav_cli.testing.tiny_llm:build_tiny_gemma3",
 }
 
 

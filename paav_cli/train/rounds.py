@@ -1,0 +1,32 @@
+"""`paav dpo --round N`: round 1 trains on `paav rank`'s triples; round N re-ranks the same prompts
+with round N-1's model (the paper's DPO-2) and trains again, each time on top of the previous model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from paav_cli.errors import UserError
+from paav_cli.recipe import Recipe
+from paav_cli.runs import read_manifest
+from paav_cli.train.models import model_for_round
+from paav_cli.train.rank import rank_folder, run_rank
+
+
+def dpo_round(recipe: Recipe, run: str | Path, round: int = 1, *, force: bool = False, progress=None) -> dict:
+    from paav_cli.train.dpo import run_dpo
+
+    run = Path(run)
+    if round < 1:
+        raise UserError(f"--round must be 1 or more (got {round}).")
+    if round > recipe.dpo.rounds:
+        raise UserError(f"the recipe trains {recipe.dpo.rounds} DPO rounds; --round {round} is beyond them.")
+    triples = rank_folder(run, round) / "triples.jsonl"
+    if round == 1 and not triples.is_file():
+        raise UserError(f"{triples} does not exist; run `paav rank PROMPTS --recipe R --run {run}` first.")
+    start = model_for_round(run, round, recipe)
+    if round > 1 and not triples.is_file():
+        first = read_manifest(run).get("stages", {}).get("rank", {})
+        if not first.get("prompts"):
+            raise UserError(f"{run} has no round-1 ranking to re-rank; run `paav rank` and `paav dpo` first.")
+        run_rank(first["prompts"], recipe, run, round=round)
+    return run_dpo(triples, recipe, run, round=round, sft_model=start, progress=progress, force=force)
