@@ -26,6 +26,16 @@ def quiet() -> None:
         df_logging.disable_progress_bar()
     except ImportError:
         pass
+    # bitsandbytes warns on every CPU without its optional `kernels` package; datasets draws bars.
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
     _freeze_imported_objects()
 
 
