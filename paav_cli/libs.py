@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import warnings
 
 
@@ -30,12 +31,8 @@ def quiet() -> None:
     import logging
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()
-    except ImportError:
-        pass
+    if "datasets" in sys.modules:  # only where a trainer already imported it: the import is slow
+        sys.modules["datasets"].disable_progress_bars()
     _freeze_imported_objects()
 
 
