@@ -30,6 +30,8 @@ evolve_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(evolve_app, name="evolve")
+runs_app = typer.Typer(help="Run folders: what a pipeline run holds.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
 
 
 class OnError(str, Enum):
@@ -77,6 +79,7 @@ def enhance(
     on_error: OnError = typer.Option(OnError.stop, "--on-error", help="A bad input line: stop the batch, or skip it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the output file afresh instead of resuming it."),
     parallel: int = typer.Option(32, "--parallel", min=1, max=64, help="Prompts decoded together in one batch."),
+    lora: str | None = typer.Option(None, "--lora", help="A GGUF LoRA adapter to apply on the booster (paav export --lora)."),
 ) -> None:
     """Enhance one prompt, or every prompt of a file (resumable: rerun to continue)."""
     from paav_cli import enhance as lib
@@ -87,7 +90,7 @@ def enhance(
         raise UserError("give either a prompt or -i FILE (not both); e.g. paav enhance \"a cat playing piano\".")
     opts = lib.EnhanceOptions(
         model=model, n=n, seed=seed, temperature=temperature, max_tokens=max_tokens,
-        threads=threads, target=target, negative=negative, parallel=parallel,
+        threads=threads, target=target, negative=negative, parallel=parallel, lora=lora,
     )
     try:
         if prompt is not None:
@@ -407,7 +410,85 @@ def merge(
     print(merge_adapter(resolve_base(Path(adapter), base), Path(adapter), Path(out), dtype=dtype))
 
 
-COMMANDS = {"enhance", "models", "render", "score", "evolve", "sft", "rank", "dpo", "merge"}
+@app.command()
+def export(
+    source: str = typer.Argument(..., help="A run folder (its last trained model) or a model folder."),
+    out: str = typer.Option(..., "-o", "--output", help="The GGUF file to write."),
+    quant: str = typer.Option("Q4_K_M", "--quant", help="F32, F16, BF16, Q8_0, Q6_K, Q5_K_M or Q4_K_M."),
+    adapter: str | None = typer.Option(None, "--adapter", help="A LoRA adapter to merge in (or, with --lora, to export)."),
+    lora: bool = typer.Option(False, "--lora", help="Export only the adapter, as a GGUF LoRA (a few MB)."),
+    base: str | None = typer.Option(None, "--base", help="With --lora: the base model folder (default: the adapter's)."),
+    verify: bool | None = typer.Option(None, "--verify/--no-verify", help="Compare logits with transformers (default: on for F32/F16)."),
+    name: str | None = typer.Option(None, "--name", help="Register the GGUF as a booster under this name."),
+    ollama: bool = typer.Option(False, "--ollama", help="Also write an Ollama Modelfile beside the GGUF."),
+) -> None:
+    """Convert a trained booster to GGUF (pure Python), quantise it with llama.cpp, verify it."""
+    from pathlib import Path
+
+    from paav_cli.export.booster import ExportOptions
+    from paav_cli.export.booster import export as run_export
+
+    options = ExportOptions(
+        quant=quant, adapter=Path(adapter) if adapter else None, base=Path(base) if base else None, lora=lora,
+        verify=verify, name=name, ollama=ollama,
+    )
+    print(json.dumps(run_export(source, out, options), ensure_ascii=False))
+
+
+@app.command("run")
+def run_cmd(
+    recipe: str = typer.Argument(..., help="A recipe file, or a shipped recipe's name (tiny-cpu, cogvideox-2b, ...)."),
+    run: str = typer.Option(..., "--run", help="The run folder (rerun the same command to resume)."),
+    prompts: str | None = typer.Option(None, "--prompts", help="Evolve's source prompts (default: the recipe's)."),
+    from_stage: str | None = typer.Option(None, "--from", help="Redo from this stage (evolve, sft, rank, dpo-1, ...)."),
+    until: str | None = typer.Option(None, "--until", help="Stop after this stage."),
+) -> None:
+    """The whole method: evolve -> sft -> rank -> dpo (rounds) -> export -> eval, resumable."""
+    from paav_cli.pipeline import run_recipe
+    from paav_cli.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    try:
+        run_recipe(loaded, run, prompts=prompts, from_stage=from_stage, until=until,
+                   echo=lambda line: print(line, file=sys.stderr))
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished stages and work are saved; run the same command again to resume.",
+              file=sys.stderr)
+        raise typer.Exit(130)
+    _print_stages(run)
+
+
+@runs_app.command("show")
+def runs_show_cmd(
+    run: str = typer.Argument(..., help="A run folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON records."),
+) -> None:
+    """The stages of a run, their figures, and where their outputs are."""
+    _print_stages(run, as_json)
+
+
+def _print_stages(run: str, as_json: bool = False) -> None:
+    from paav_cli.pipeline import runs_show
+
+    rows = runs_show(run)
+    if as_json:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"run {run}")
+    for column in ("stage", "status", "figures", "output"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        figures = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row["figures"].items())
+        table.add_row(row["stage"], row["status"], figures, row["output"])
+    Console().print(table)
+
+
+COMMANDS = {"enhance", "models", "render", "score", "evolve", "sft", "rank", "dpo", "merge", "export", "run", "runs",
+            "eval"}
 ROOT_OPTIONS = {"--help", "-h", "--version"}
 
 

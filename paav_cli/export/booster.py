@@ -1,0 +1,204 @@
+"""`paav export`: a run's booster (or any supported HF model, with an optional adapter) to a GGUF that
+`paav enhance` runs, verified, optionally registered and described for Ollama.
+
+Steps: pick the model (a run's last trained stage, merged), convert it to F32/F16/BF16 in Python,
+quantise with llama.cpp's own quantiser, check logits against transformers. `--lora` exports
+only the adapter, as a GGUF LoRA that llama.cpp applies on a base GGUF at load time.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from paav_cli import paths
+from paav_cli.errors import UserError
+
+FLOAT_TYPES = ("F32", "F16", "BF16")
+QUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M")
+VERIFIED_BY_DEFAULT = ("F32", "F16")
+# Largest |logit difference| from transformers each output type may show: F32 is exact up to float
+# arithmetic; rounding the weights moves logits by about these amounts on the models tested here.
+TOLERANCE = {"F32": 1e-4, "F16": 5e-2, "BF16": 1e-1, "Q8_0": 0.5, "Q6_K": 1.0, "Q5_K_M": 1.5, "Q4_K_M": 2.0}
+
+
+@dataclass
+class ExportOptions:
+    quant: str = "Q4_K_M"
+    adapter: Path | None = None
+    base: Path | None = None  # for --lora: the base model folder the adapter was trained on
+    lora: bool = False  # export the adapter alone as a GGUF LoRA
+    verify: bool | None = None  # None: on for F32/F16 output
+    name: str | None = None  # register as a booster under this name in the user's models.toml
+    ollama: bool = False
+
+
+def latest_model(run: Path) -> Path:
+    """A run folder's final model, merged: the last DPO round's, else the SFT model."""
+    from paav_cli.recipe import Recipe
+    from paav_cli.runs import read_manifest
+    from paav_cli.train.models import model_for_round
+
+    manifest = read_manifest(run)
+    if "recipe" not in manifest:
+        raise UserError(f"{run} is neither a model folder (config.json) nor a paav run folder; check the path.")
+    recipe = Recipe.model_validate(manifest["recipe"])
+    rounds = sorted(int(p.name.split("-")[1]) for p in run.glob("dpo-*") if (p / "adapter_config.json").is_file())
+    return model_for_round(run, (rounds[-1] + 1) if rounds else 1, recipe)
+
+
+def resolve_source(source: Path, options: ExportOptions, work: Path) -> Path:
+    """The standalone HF model folder to convert (merging `--adapter` into a temp copy)."""
+    from paav_cli.train.merge import merge_adapter
+
+    model = source if (source / "config.json").is_file() else latest_model(source)
+    if options.adapter is not None:
+        return merge_adapter(model, options.adapter, work / "merged", dtype="fp32")
+    return model
+
+
+def export(source: str, out: str, options: ExportOptions) -> dict:
+    quant = options.quant.upper()
+    if quant not in FLOAT_TYPES + QUANT_TYPES:
+        raise UserError(f"--quant {options.quant} is not one of {', '.join(FLOAT_TYPES + QUANT_TYPES)}.")
+    src, dest = Path(source), Path(out)
+    if not src.exists():
+        raise UserError(f"{src} does not exist; give a run folder or a model folder.")
+    if dest.suffix != ".gguf":
+        raise UserError(f"the output {dest} must end in .gguf.")
+    if options.lora:
+        return _export_lora(src, dest, options)
+    with tempfile.TemporaryDirectory(dir=dest.parent if dest.parent.exists() else None) as tmp:
+        work = Path(tmp)
+        model = resolve_source(src, options, work)
+        result = _convert_and_quantize(model, dest, quant, work, options)
+    _after(dest, model, options, result)
+    return result
+
+
+def _convert_and_quantize(model: Path, dest: Path, quant: str, work: Path, options: ExportOptions) -> dict:
+    from paav_cli.export.convert import convert
+    from paav_cli.export.quantize import quantize
+    from paav_cli.export.verify import verify
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if quant in FLOAT_TYPES:
+        convert(model, dest, outtype=quant)
+    else:
+        intermediate = convert(model, work / "model-f32.gguf", outtype="F32")
+        quantize(intermediate, dest, quant)
+    result = {"gguf": str(dest), "quant": quant, "bytes": dest.stat().st_size, "source": str(model)}
+    check = options.verify if options.verify is not None else quant in VERIFIED_BY_DEFAULT
+    if check:
+        report = verify(model, dest, tolerance=TOLERANCE[quant])
+        result["verify"] = report
+        if not report.get("ok"):
+            dest.unlink(missing_ok=True)
+            raise UserError(
+                f"the exported GGUF does not match the model (max |logit difference| "
+                f"{report.get('max_abs_logit_diff', float('nan')):.2e}); it was removed, please report this model."
+            )
+    return result
+
+
+def _export_lora(src: Path, dest: Path, options: ExportOptions) -> dict:
+    from paav_cli.export.lora import export_lora
+    from paav_cli.train.models import resolve_base
+
+    adapter = options.adapter or src
+    base = options.base or resolve_base(adapter, None)
+    export_lora(adapter, base, dest)
+    result = {"gguf": str(dest), "lora": True, "bytes": dest.stat().st_size, "base": str(base)}
+    _after(dest, Path(base), options, result)
+    return result
+
+
+def _after(dest: Path, model: Path, options: ExportOptions, result: dict) -> None:
+    if options.ollama and not options.lora:
+        result["modelfile"] = str(write_modelfile(dest, model))
+    if options.name:
+        result["registered"] = register_booster(options.name, dest, model, lora=options.lora, base=options.base)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration and Ollama
+
+
+def register_booster(name: str, gguf: Path, model: Path, *, lora: bool = False, base: Path | None = None) -> str:
+    """Append a booster entry to the user's models.toml (refusing a name already there)."""
+    from paav_cli.registry import Registry
+
+    user = paths.user_models_file()
+    if name in Registry.load().entries:
+        raise UserError(f"a model named {name!r} is already registered; choose another --name.")
+    context = _context_length(model)
+    if lora:
+        raise UserError("--name registers a whole GGUF; for a LoRA give it with `paav enhance --lora FILE`.")
+    entry = (
+        f'\n[boosters.{json.dumps(name)}]\ndescription = "Exported by paav export from {model}"\n'
+        f"path = {json.dumps(str(Path(gguf).resolve()))}\nprompt_format = \"chat\"\ncontext = {context}\n"
+    )
+    user.parent.mkdir(parents=True, exist_ok=True)
+    text = user.read_text() if user.exists() else ""
+    try:
+        tomllib.loads(text + entry)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{user} is not valid TOML ({e}); fix it before registering.") from None
+    from paav_cli.runs import atomic_write_text
+
+    atomic_write_text(user, text + entry)
+    return str(user)
+
+
+def _context_length(model: Path) -> int:
+    config = json.loads((Path(model) / "config.json").read_text())
+    config = config.get("text_config", config)
+    return int(min(config.get("max_position_embeddings", 4096), 8192))
+
+
+OLLAMA_TEMPLATES = {
+    # Ollama speaks Go templates, not Jinja: one per chat format, with the booster's instruction
+    # in the user turn so that `ollama run NAME "a cat"` is all a user types.
+    "llama3": (('<|start_header_id|>user<|end_header_id|>\n\n{instruction}{{{{ .Prompt }}}}{suffix}<|eot_id|>'
+               '<|start_header_id|>assistant<|end_header_id|>\n\n'), ["<|eot_id|>"]),
+    "chatml": ('<|im_start|>user\n{instruction}{{{{ .Prompt }}}}{suffix}<|im_end|>\n<|im_start|>assistant\n',
+               ["<|im_end|>"]),
+    "gemma": ('<start_of_turn>user\n{instruction}{{{{ .Prompt }}}}{suffix}<end_of_turn>\n<start_of_turn>model\n',
+              ["<end_of_turn>"]),
+}
+
+
+def chat_format(model: Path) -> str:
+    template = _chat_template(model)
+    if "<|start_header_id|>" in template:
+        return "llama3"
+    if "<|im_start|>" in template:
+        return "chatml"
+    if "<start_of_turn>" in template:
+        return "gemma"
+    raise UserError(f"{model}'s chat template is none paav can write for Ollama (Llama-3, ChatML or Gemma).")
+
+
+def _chat_template(model: Path) -> str:
+    model = Path(model)
+    if (model / "chat_template.jinja").is_file():
+        return (model / "chat_template.jinja").read_text()
+    config = model / "tokenizer_config.json"
+    return json.loads(config.read_text()).get("chat_template") or "" if config.is_file() else ""
+
+
+def write_modelfile(gguf: Path, model: Path) -> Path:
+    from paav_cli.runs import atomic_write_text
+    from paav_cli.text.templates import RELEASED_INSTRUCTION, RELEASED_SUFFIX
+
+    template, stops = OLLAMA_TEMPLATES[chat_format(model)]
+    body = template.format(instruction=RELEASED_INSTRUCTION, suffix=RELEASED_SUFFIX)
+    lines = [f"FROM ./{Path(gguf).name}", f'TEMPLATE """{body}"""']
+    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    lines += ["PARAMETER temperature 0", "PARAMETER num_predict 256"]
+    path = Path(gguf).with_name("Modelfile")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
