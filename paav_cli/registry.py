@@ -320,9 +320,9 @@ def require_path(entry: ModelEntry) -> Path:
         return path
     if entry.source_kind in ("package", "builder"):
         return pull(entry)
-    if isinstance(entry, BoosterEntry) and entry.format == "hf" and entry.source_kind == "path":
-        if expand_path(entry.path).exists():
-            return pull(entry)  # a local HF booster is converted to GGUF on first use
+    hf_booster = isinstance(entry, BoosterEntry) and entry.format == "hf"
+    if hf_booster and entry.source_kind == "path" and expand_path(entry.path).exists():
+        return pull(entry)  # a local HF booster is converted to GGUF on first use
     if entry.source_kind == "path":
         where = expand_path(entry.path)
         if entry.how_to_get:

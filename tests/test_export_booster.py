@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_user_error, paav
+
 from paav_cli import registry
 from paav_cli.errors import UserError
 
@@ -71,9 +71,9 @@ def test_lora_gguf_applied_by_llama_cpp_equals_the_merged_model(tmp_path):
 
 
 def test_lora_for_another_base_is_refused(tmp_path):
-    from paav_cli.export.lora import export_lora
-
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from paav_cli.export.lora import export_lora
 
     base = tiny_base()
     adapter = make_adapter(base, tmp_path / "adapter")
