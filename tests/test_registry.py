@@ -75,7 +75,7 @@ def test_models_list_shows_every_role_with_presence(tmp_path):
     assert by_name["cogvideox-2b"]["local"] == "no"
     assert by_name["cogvideox-2b"]["license"] == "Apache-2.0"
     assert by_name["gpt-4o"]["local"] == "api"
-    assert "GGUF conversion" in by_name["prompt-a-video-cogvideox"]["notes"]
+    assert "converts it to a Q4_K_M GGUF" in by_name["prompt-a-video-cogvideox"]["notes"]
     table = paav("models", "list")
     assert table.returncode == 0 and "cogvideox-2b" in table.stdout
 
