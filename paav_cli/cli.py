@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from enum import Enum
+from pathlib import Path
 
 import typer
 
@@ -435,6 +436,39 @@ def export(
     print(json.dumps(run_export(source, out, options), ensure_ascii=False))
 
 
+@app.command("eval")
+def eval_cmd(
+    prompts: str = typer.Argument(..., help="A prompt set, e.g. benchmarks/vbench_test.txt."),
+    methods: str = typer.Option("original,default", "--methods", help="Comma-separated: original, booster or mutator names, .gguf files."),
+    out: str = typer.Option("eval-report", "-o", "--output", help="Report folder (rerun to resume)."),
+    recipe: str | None = typer.Option(None, "--recipe", "-r", help="The recipe whose generator and rewards score (full mode)."),
+    text_only: bool = typer.Option(False, "--text-only", help="No videos: intent similarity, budgets, lengths, speed."),
+    target: str | None = typer.Option(None, "--target", help="Text-only: the generator whose token budget to check."),
+) -> None:
+    """Compare rewriting methods on a prompt set: rewrite, render, score; tables and plots."""
+    from paav_cli.evaluate import run_eval
+    from paav_cli.recipe import load_recipe
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names:
+        raise UserError("--methods is empty; name at least one, e.g. --methods original,default.")
+    loaded = load_recipe(recipe) if recipe else None
+    try:
+        summary = run_eval(prompts, names, out, recipe=loaded, text_only=text_only, target=target,
+                           progress=_eval_progress)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished rewrites are saved; run the same command again to resume.", file=sys.stderr)
+        raise typer.Exit(130)
+    table = Path(summary["report_dir"]) / "table.md"
+    print(table.read_text() if table.is_file() else json.dumps(summary["rows"]))
+
+
+def _eval_progress(total: int, description: str):
+    from paav_cli.progress import BatchProgress, stderr_is_terminal
+
+    return BatchProgress(total, description) if total > 1 and stderr_is_terminal() else None
+
+
 @app.command("run")
 def run_cmd(
     recipe: str = typer.Argument(..., help="A recipe file, or a shipped recipe's name (tiny-cpu, cogvideox-2b, ...)."),
@@ -505,6 +539,11 @@ def _with_default_command(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
+    import logging
+
+    # bitsandbytes (imported by peft, trl, sentence-transformers) warns about an optional kernel
+    # package on every CPU; paav reports what matters itself.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     argv = _with_default_command(sys.argv[1:])
     try:
         app(args=argv, prog_name="paav")

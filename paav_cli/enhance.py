@@ -103,6 +103,34 @@ class Booster:
         return req, self.model.encode_prompt(text)
 
 
+def booster_entry_for_file(path: str) -> registry.BoosterEntry:
+    """A booster given by file: chat format when the GGUF carries a chat template, else few-shot."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"{path}: no such GGUF file; check the path.")
+    fmt = "chat" if _has_chat_template(file) else "fewshot"
+    return registry.BoosterEntry(
+        name=file.name, role="boosters", path=str(file.resolve()), prompt_format=fmt, defined_in="--model",
+    )
+
+
+def _has_chat_template(file: Path) -> bool:
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(file))
+    except Exception:  # noqa: BLE001 - a truncated or foreign file fails in several ways
+        raise UserError(f"{file} is not a GGUF file llama.cpp can read; pull or export it again.") from None
+    return "tokenizer.chat_template" in reader.fields
+
+
+def resolve_model(model: str) -> str | registry.BoosterEntry:
+    """`--model` is a registered booster's name, or a path to a GGUF file (used as is)."""
+    if model.endswith(".gguf") or "/" in model:
+        return booster_entry_for_file(model)
+    return model
+
+
 def _lora_path(lora: str | None) -> Path | None:
     if lora is None:
         return None
@@ -304,7 +332,7 @@ def enhance_records(records, output, opts, *, as_json=False, overwrite=False, wa
     pending = jobs[start:]
     if not pending:
         return summary
-    booster = Booster(opts.model, threads=opts.threads, parallel=opts.parallel, lora=opts.lora)
+    booster = Booster(resolve_model(opts.model), threads=opts.threads, parallel=opts.parallel, lora=opts.lora)
     writer = RecordWriter(output, as_json=as_json, columns=output_columns(records, opts, budget))
     writer.open(start)
     progress = progress_factory(len(pending)) if progress_factory else None  # None: no bar

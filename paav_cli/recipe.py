@@ -119,6 +119,18 @@ class Dpo(Section):
     seed: int = 0
 
 
+class Pipeline(Section):
+    """What `paav run` feeds each stage. Paths are relative to the working folder, else to paav's
+    shipped data (the benchmark prompt sets in benchmarks/)."""
+
+    prompts: str = "benchmarks/webvid_test.txt"  # evolve's source prompts
+    held_out: str = "benchmarks/vbench_test.txt"  # rank's prompts (not seen in SFT)
+    eval_prompts: str = "benchmarks/vbench_test.txt"
+    eval_methods: list[str] = ["original", "default", "booster"]  # "booster": this run's export
+    eval_text_only: bool = False
+    export_quant: str = "Q4_K_M"
+
+
 class Recipe(Section):
     name: str = ""
     description: str = ""
@@ -129,6 +141,7 @@ class Recipe(Section):
     sft: Sft = Sft()
     rank: Rank = Rank()
     dpo: Dpo = Dpo()
+    pipeline: Pipeline = Pipeline()
     path: str = ""
 
 
@@ -156,6 +169,20 @@ def load_recipe(name_or_path: str) -> Recipe:
         err = e.errors()[0]
         loc = [str(p) for p in err["loc"]]
         where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else loc[0] if loc else "recipe"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise UserError(f"recipe {path}: {where}: {msg}; fix that key.") from None
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(_fields_at(loc[:-1]))
+            raise UserError(f"recipe {path}: {where}: unknown key; the keys allowed there are {allowed}.") from None
+        raise UserError(f"recipe {path}: {where}: {err['msg']}; fix that key.") from None
     return recipe.model_copy(update={"name": recipe.name or path.stem})
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    """The keys a recipe allows at a location (top level, or inside a section)."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return [name for name in model.model_fields if name != "path"]

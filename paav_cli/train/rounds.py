@@ -7,7 +7,7 @@ from pathlib import Path
 
 from paav_cli.errors import UserError
 from paav_cli.recipe import Recipe
-from paav_cli.runs import read_manifest
+from paav_cli.runs import read_manifest, update_manifest
 from paav_cli.train.models import model_for_round
 from paav_cli.train.rank import rank_folder, run_rank
 
@@ -29,4 +29,7 @@ def dpo_round(recipe: Recipe, run: str | Path, round: int = 1, *, force: bool = 
         if not first.get("prompts"):
             raise UserError(f"{run} has no round-1 ranking to re-rank; run `paav rank` and `paav dpo` first.")
         run_rank(first["prompts"], recipe, run, round=round)
-    return run_dpo(triples, recipe, run, round=round, sft_model=start, progress=progress, force=force)
+    summary = run_dpo(triples, recipe, run, round=round, sft_model=start, progress=progress, force=force)
+    summary = {**summary, "status": "done"}
+    update_manifest(run, stages={f"dpo-{round}": summary})  # the pipeline resumes after a "done" stage
+    return summary

@@ -1,0 +1,173 @@
+"""`paav eval` (paav_cli.evaluate): text-only and full evaluations with the tiny models, resume, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from paav_cli import registry
+from paav_cli.errors import UserError
+from paav_cli.evaluate import run_eval
+from paav_cli.evaluate.methods import tidy_mutator_output
+from paav_cli.recipe import Models, Recipe, load_recipe
+
+PROMPTS = ["A person is shining shoes", "a red car drives along a coastal road at sunset", "A cat playing piano"]
+REPORT_FILES = ("table.md", "table.csv", "winrate.png", "dims.png", "prompts.jsonl")
+
+
+@pytest.fixture
+def prompts(tmp_path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")
+    return path
+
+
+def fast_recipe() -> Recipe:
+    return Recipe(name="tiny-fast", models=Models(generator="tiny-wan", rewards=["tiny-aesthetic", "tiny-clip-score"]))
+
+
+def tiny_chat_gguf() -> str:
+    return str(registry.require_path(registry.Registry.load().get("tiny-chat")))
+
+
+def journal(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "prompts.jsonl").read_text().splitlines()]
+
+
+def count_rewrites(monkeypatch) -> list[int]:
+    """Counts booster batches (enhance.run_jobs) and mutator calls made from now on."""
+    from paav_cli import enhance
+    from paav_cli.evaluate import methods
+
+    calls = [0]
+    real_run_jobs, real_tidy = enhance.run_jobs, methods.tidy_mutator_output
+
+    def run_jobs(booster, jobs, *args, **kwargs):
+        calls[0] += len(jobs)
+        return real_run_jobs(booster, jobs, *args, **kwargs)
+
+    def tidy(original, raw):
+        calls[0] += 1
+        return real_tidy(original, raw)
+
+    monkeypatch.setattr(enhance, "run_jobs", run_jobs)
+    monkeypatch.setattr(methods, "tidy_mutator_output", tidy)
+    return calls
+
+
+def test_text_only_eval(prompts, tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    summary = run_eval(str(prompts), ["original", "tiny", "tiny-mutator"], out, recipe=None, text_only=True,
+                       target=None)
+    assert summary["mode"] == "text-only" and summary["target"] == "cogvideox-5b"
+    for name in REPORT_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert list(rows) == ["original", "tiny", "tiny-mutator"]
+    assert rows["original"]["intent"] == pytest.approx(1.0, abs=1e-4)
+    assert rows["original"]["fallback"] == 0 and rows["original"]["budget_ok"] == 1.0
+    assert rows["original"]["sentences"] == 1.0
+    assert 0 < rows["tiny"]["intent"] < 1 and rows["tiny"]["words"] > rows["original"]["words"]
+    assert rows["tiny"]["sentences"] >= 2 and rows["tiny"]["seconds"] > 0
+    for row in rows.values():
+        assert 0 <= row["fallback"] <= 1 and 0 <= row["budget_ok"] <= 1 and -1 <= row["intent"] <= 1
+
+    lines = journal(out)
+    assert len(lines) == 3 * len(PROMPTS)
+    assert {k for k in ("method", "id", "original", "rewritten", "fallback", "seconds", "intent")} <= set(lines[0])
+    assert [ln["original"] for ln in lines[:3]] == PROMPTS
+    table = (out / "table.md").read_text()
+    assert "**" in table and "Intent sim." in table and "`tiny`" in table
+    with open(out / "table.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [r["method"] for r in csv_rows] == ["original", "tiny", "tiny-mutator"]
+
+    # A rerun rewrites nothing, and a recipe makes its generator the budget target.
+    calls = count_rewrites(monkeypatch)
+    again = run_eval(str(prompts), ["original", "tiny", "tiny-mutator"], out, recipe=load_recipe("tiny-cpu"),
+                     text_only=True, target=None)
+    assert calls[0] == 0 and again["rewritten"] == 0 and again["reused"] == 9
+    assert again["target"] == "tiny-cogvideox"
+    tiny_row = next(r for r in again["rows"] if r["method"] == "tiny")
+    assert tiny_row["budget_ok"] < 1  # 16 tokens: the tiny booster's rewrites do not fit
+    assert len(journal(out)) == 3 * len(PROMPTS)
+
+
+def test_full_eval_renders_scores_and_resumes(prompts, tmp_path, monkeypatch):
+    out = tmp_path / "full"
+    gguf = tiny_chat_gguf()
+    methods = ["original", "tiny", gguf]
+    summary = run_eval(str(prompts), methods, out, recipe=fast_recipe(), text_only=False, target=None)
+    assert summary["mode"] == "full" and summary["rewritten"] == 9
+    for name in REPORT_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert list(rows) == methods
+    for row in rows.values():
+        assert {"AES", "CLIP", "Avg", "combined", "fallback", "seconds"} <= set(row)
+        assert row["Avg"] == pytest.approx((row["AES"] + row["CLIP"]) / 2, abs=1e-3)
+    assert "win" not in rows["original"]
+    assert sum((rows["tiny"]["win"], rows["tiny"]["draw"], rows["tiny"]["loss"])) == len(PROMPTS)
+
+    lines = journal(out)
+    assert len(lines) == 9
+    for line in lines:
+        assert set(line["scores"]) == {"AES", "CLIP"} and isinstance(line["combined"], float)
+    assert {ln["original"] for ln in lines} == set(PROMPTS)
+    table = (out / "table.md").read_text()
+    assert "**" in table and "| AES | CLIP | Avg | Combined |" in table and "not people" in table
+    with open(out / "table.csv") as f:
+        header = next(csv.reader(f))
+    assert header[:6] == ["method", "n", "AES", "CLIP", "Avg", "combined"]
+
+    calls = count_rewrites(monkeypatch)
+    again = run_eval(str(prompts), methods, out, recipe=fast_recipe(), text_only=False, target=None)
+    assert calls[0] == 0 and again["rewritten"] == 0
+    assert again["rendered"] == 0 and again["scored"] == 0  # renders and scores come from the cache
+    assert len(journal(out)) == 9
+    assert again["rows"] == summary["rows"]
+
+
+def test_partial_journal_resumes_only_missing(prompts, tmp_path, monkeypatch):
+    out = tmp_path / "partial"
+    run_eval(str(prompts), ["original", "tiny"], out, recipe=None, text_only=True, target=None)
+    kept = (out / "prompts.jsonl").read_text().splitlines()[:4]  # original x 3 and tiny's first
+    (out / "prompts.jsonl").write_text("\n".join(kept) + "\n" + '{"method": "tiny", "id"')  # a cut-off line
+    calls = count_rewrites(monkeypatch)
+    summary = run_eval(str(prompts), ["original", "tiny"], out, recipe=None, text_only=True, target=None)
+    assert calls[0] == 2 and summary["rewritten"] == 2 and summary["reused"] == 4
+    assert len(journal(out)) == 6
+
+
+def test_bad_input(prompts, tmp_path):
+    out = tmp_path / "bad"
+    with pytest.raises(UserError, match="unknown method 'nope'.*original.*tiny.*gguf"):
+        run_eval(str(prompts), ["original", "tiny", "nope"], out, recipe=None, text_only=True, target=None)
+    assert not (out / "prompts.jsonl").exists()  # checked before anything was rewritten
+    with pytest.raises(UserError, match="no such GGUF"):
+        run_eval(str(prompts), ["original", str(tmp_path / "missing.gguf")], out, recipe=None, text_only=True,
+                 target=None)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(UserError, match="no prompts"):
+        run_eval(str(empty), ["original"], out, recipe=None, text_only=True, target=None)
+    with pytest.raises(UserError, match="give --recipe or --text-only"):
+        run_eval(str(prompts), ["original", "tiny"], out, recipe=None, text_only=False, target=None)
+    with pytest.raises(UserError, match="unknown generator"):
+        run_eval(str(prompts), ["original"], out, recipe=None, text_only=True, target="no-such-model")
+    bad_recipe = Recipe(name="x", models=Models(generator="tiny-wan", rewards=["tiny-aesthetic-clip"]))
+    with pytest.raises(UserError, match="not a reward"):
+        run_eval(str(prompts), ["original"], out, recipe=bad_recipe, text_only=False, target=None)
+    with pytest.raises(UserError, match="twice"):
+        run_eval(str(prompts), ["tiny", "tiny"], out, recipe=None, text_only=True, target=None)
+
+
+def test_mutator_output_is_tidied():
+    text, issue = tidy_mutator_output("a cat", "New prompt: A cat sits on a mat. It purrs softly. And then")
+    assert text == "A cat sits on a mat. It purrs softly." and issue is None
+    text, issue = tidy_mutator_output("a cat", "<PROMPT>A cat naps in the sun.</PROMPT> more")
+    assert text == "A cat naps in the sun." and issue is None
+    assert tidy_mutator_output("a cat", "   ")[1] == "empty output"

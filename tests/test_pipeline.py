@@ -1,0 +1,94 @@
+"""`paav run`: the whole method on tiny models, resuming after a crash in a stage, and `paav runs show`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_user_error, paav
+from paav_cli.pipeline import run_recipe, stage_names
+from paav_cli.recipe import RECIPES_DIR, load_recipe
+from paav_cli.runs import read_journal, read_manifest
+
+
+def fast_recipe(tmp_path: Path) -> Path:
+    """The shipped tiny-cpu recipe with the tiny chat GGUF as mutator, 2 iterations, a short eval."""
+    text = (RECIPES_DIR / "tiny-cpu.toml").read_text()
+    text = text.replace('mutator = "default-gguf"', 'mutator = "tiny-mutator"').replace("iterations = 4", "iterations = 2")
+    text = text.replace('eval_methods = ["original", "default", "booster"]', 'eval_methods = ["original", "booster"]')
+    path = tmp_path / "tiny-fast.toml"
+    path.write_text(text)
+    return path
+
+
+def test_run_resumes_after_crashes_in_two_stages(tmp_path, monkeypatch):
+    recipe = load_recipe(str(fast_recipe(tmp_path)))
+    run = tmp_path / "run"
+    lines = []
+    with monkeypatch.context() as m:  # a crash while ranking
+        def broken_rank(*args, **kwargs):
+            raise RuntimeError("rank crashed")
+
+        m.setattr("paav_cli.train.rank.run_rank", broken_rank)
+        with pytest.raises(RuntimeError):
+            run_recipe(recipe, str(run), echo=lines.append)
+    stages = read_manifest(run)["stages"]
+    assert stages["evolve"]["status"] == "done" and stages["sft"]["status"] == "done"
+    journal_lines = len(read_journal(run / "evolve" / "journal.jsonl"))
+    sft_mtime = (run / "sft" / "adapter_model.safetensors").stat().st_mtime_ns
+
+    with monkeypatch.context() as m:  # then a crash while exporting
+        def broken_export(*args, **kwargs):
+            raise RuntimeError("export crashed")
+
+        m.setattr("paav_cli.export.booster.export", broken_export)
+        with pytest.raises(RuntimeError):
+            run_recipe(recipe, str(run), echo=lines.append)
+    assert "evolve: done already" in lines and "sft: done already" in lines
+    assert (run / "sft" / "adapter_model.safetensors").stat().st_mtime_ns == sft_mtime
+    stages = read_manifest(run)["stages"]
+    assert all(stages[s]["status"] == "done" for s in ("rank", "dpo-1", "dpo-2"))
+
+    run_recipe(recipe, str(run), echo=lines.append)
+    stages = read_manifest(run)["stages"]
+    assert all(stages[name]["status"] == "done" for name in stage_names(recipe))
+    assert len(read_journal(run / "evolve" / "journal.jsonl")) == journal_lines  # nothing redone
+    booster = run / "export" / "booster-Q8_0.gguf"
+    assert booster.is_file() and (run / "eval" / "table.md").is_file()
+    proc = paav("enhance", "--model", str(booster), "a cat", "--max-tokens", "8")
+    assert proc.returncode == 0, proc.stderr
+    shown = paav("runs", "show", str(run), "--json")
+    rows = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert [r["stage"] for r in rows][:2] == ["evolve", "sft"] and all(r["status"] == "done" for r in rows)
+
+
+def test_from_and_until(tmp_path):
+    recipe = load_recipe(str(fast_recipe(tmp_path)))
+    run = tmp_path / "run"
+    lines = []
+    run_recipe(recipe, str(run), until="evolve", echo=lines.append)
+    assert set(read_manifest(run)["stages"]) == {"evolve"}
+    lines.clear()
+    run_recipe(recipe, str(run), from_stage="evolve", until="evolve", echo=lines.append)
+    assert lines == ["evolve: running", "evolve: done"]
+
+
+def test_bad_input(tmp_path):
+    bad_key = tmp_path / "bad.toml"
+    bad_key.write_text('[models]\ngenerator = "tiny-wan"\nrewards = ["tiny-aesthetic"]\n[sft]\nepoch = 3\n')
+    assert_user_error(paav("run", str(bad_key), "--run", str(tmp_path / "r")), "[sft] epoch", "epochs")
+    no_gen = tmp_path / "nogen.toml"
+    no_gen.write_text('[models]\ngenerator = "sora-9"\nrewards = ["tiny-aesthetic"]\n')
+    assert_user_error(paav("run", str(no_gen), "--run", str(tmp_path / "r")), "unknown generator 'sora-9'")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    recipe = fast_recipe(tmp_path)
+    assert_user_error(paav("run", str(recipe), "--run", str(tmp_path / "r"), "--prompts", str(empty)), "no prompts")
+    assert_user_error(paav("run", str(recipe), "--run", str(tmp_path / "r"), "--from", "polish"), "stages are")
+    other = tmp_path / "other.toml"
+    other.write_text(recipe.read_text().replace("iterations = 2", "iterations = 3"))
+    assert paav("run", str(recipe), "--run", str(tmp_path / "r2"), "--until", "evolve").returncode == 0
+    assert_user_error(paav("run", str(other), "--run", str(tmp_path / "r2")), "different recipe settings")
+    assert_user_error(paav("runs", "show", str(tmp_path / "nowhere")), "not a paav run folder")
