@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_user_error, paav
+
 from paav_cli.pipeline import run_recipe, stage_names
 from paav_cli.recipe import RECIPES_DIR, load_recipe
 from paav_cli.runs import read_journal, read_manifest
