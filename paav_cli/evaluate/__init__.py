@@ -13,7 +13,7 @@ from pathlib import Path
 
 from paav_cli.errors import UserError
 from paav_cli.evaluate.methods import Method, resolve_methods, rewrite
-from paav_cli.evaluate.metrics import FULL_TAIL, TEXT_COLUMNS
+from paav_cli.evaluate.metrics import FULL_TAIL, TEXT_COLUMNS, averaged_dims
 from paav_cli.prompt_files import PromptRecord, read_prompts
 from paav_cli.recipe import Recipe
 from paav_cli.runs import Journal, atomic_write_text, prepare_run_folder, read_journal
@@ -183,8 +183,8 @@ def _full_notes(recipe: Recipe, rows: list[dict], dims: list[str], outcomes: dic
     notes = [
         (f"Rendered with `{recipe.models.generator}` (recipe `{recipe.name}`), {rows[0]['n']} prompts; every video "
         f"scored against the ORIGINAL prompt by {', '.join(f'`{r}`' for r in recipe.models.rewards)}."),
-        (f"Avg = mean of the raw dimensions {', '.join(dims)} (as paper Table 1 averages its VideoScore dimensions; "
-        f"scales differ between reward models). Combined = the `{recipe.scores.preset}` preset."),
+        (f"Avg = mean of {', '.join(averaged_dims(dims))} (paper Table 1 averages the VideoScore dimensions, "
+        f"which share one scale). Combined = the `{recipe.scores.preset}` preset."),
         "Fallback = share of prompts kept as written because the output was unusable; s/prompt = rewrite wall time.",
         "Bold: best in its column.",
     ]

@@ -111,11 +111,19 @@ def text_row(method: str, records: list[dict]) -> dict:
     return row
 
 
+VIDEOSCORE_DIMS = ("VQ", "TC", "DD", "TVA", "FC")
+
+
+def averaged_dims(dims: list[str]) -> list[str]:
+    """Paper Table 1 averages VideoScore's five dimensions (one 1-4 scale); other models' scales differ."""
+    return [d for d in dims if d in VIDEOSCORE_DIMS] or list(dims)
+
+
 def full_row(method: str, records: list[dict], dims: list[str]) -> dict:
     row = {"method": method, "n": len(records)}
     for dim in dims:
         row[dim] = _mean(r["scores"].get(dim) for r in records)
-    row["Avg"] = _mean(row[d] for d in dims)
+    row["Avg"] = _mean(row[d] for d in averaged_dims(dims))
     for key in ("combined", "fallback", "seconds"):
         row[key] = _mean(r.get(key) for r in records)
     return row
