@@ -40,6 +40,12 @@ class OnError(str, Enum):
     skip = "skip"
 
 
+def _interrupted(what: str) -> None:
+    """Ctrl-C in a long command: say that nothing finished is lost, exit 130 (Click would say "Aborted!")."""
+    print(f"\ninterrupted: {what} saved; run the same command again to resume.", file=sys.stderr)
+    raise typer.Exit(130)
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"paav {__version__}")
@@ -104,8 +110,7 @@ def enhance(
                 warn=lib.stderr_warn, progress_factory=_progress,
             )
     except KeyboardInterrupt:
-        print("\ninterrupted: finished records are saved; run the same command again to resume.", file=sys.stderr)
-        raise typer.Exit(130)
+        _interrupted("finished records are")
     if negative and not as_json and not output:
         print(f"negative prompt: {lib.NEGATIVE_PROMPT}", file=sys.stderr)
     if output:
@@ -193,8 +198,7 @@ def render(
     try:
         results = render_records(records, generator, template, options, out_dir, progress=bar)
     except KeyboardInterrupt:
-        print("\ninterrupted: finished videos are cached; run the same command again to resume.", file=sys.stderr)
-        raise typer.Exit(130)
+        _interrupted("finished videos are")
     finally:
         if bar:
             bar.close()
@@ -294,8 +298,7 @@ def evolve_cmd(
     try:
         summary = evolve_run(prompts, loaded, run, mutator=mutator, max_digits=max_digits, options=options, view=view)
     except KeyboardInterrupt:
-        print("\ninterrupted: everything finished is saved; run the same command again to resume.", file=sys.stderr)
-        raise typer.Exit(130)
+        _interrupted("everything finished is")
     finally:
         if view:
             view.close()
@@ -457,8 +460,7 @@ def eval_cmd(
         summary = run_eval(prompts, names, out, recipe=loaded, text_only=text_only, target=target,
                            progress=_eval_progress)
     except KeyboardInterrupt:
-        print("\ninterrupted: finished rewrites are saved; run the same command again to resume.", file=sys.stderr)
-        raise typer.Exit(130)
+        _interrupted("finished rewrites are")
     table = Path(summary["report_dir"]) / "table.md"
     print(table.read_text() if table.is_file() else json.dumps(summary["rows"]))
 
@@ -486,9 +488,7 @@ def run_cmd(
         run_recipe(loaded, run, prompts=prompts, from_stage=from_stage, until=until,
                    echo=lambda line: print(line, file=sys.stderr))
     except KeyboardInterrupt:
-        print("\ninterrupted: finished stages and work are saved; run the same command again to resume.",
-              file=sys.stderr)
-        raise typer.Exit(130)
+        _interrupted("finished stages and work are")
     _print_stages(run)
 
 
