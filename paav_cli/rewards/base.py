@@ -52,6 +52,18 @@ class TorchReward:
         self.dims = tuple(entry.dims)
         self.device, self.dtype = device_and_dtype()
 
+    def score(self, videos: Sequence[Path], prompts: Sequence[str]) -> list[dict[str, float]]:
+        """One record per video, each scored against its prompt (the original user prompt)."""
+        import torch
+
+        if len(videos) != len(prompts):
+            raise ValueError(f"{len(videos)} videos but {len(prompts)} prompts")
+        with torch.inference_mode():
+            return [self.score_one(Path(video), prompt) for video, prompt in zip(videos, prompts)]
+
+    def score_one(self, video: Path, prompt: str) -> dict[str, float]:
+        raise NotImplementedError
+
     def close(self) -> None:
         for attr in list(vars(self)):
             if attr not in ("entry", "name", "dims", "device", "dtype"):

@@ -7,7 +7,6 @@ open_clip's `local-dir:` schema; the aesthetic heads are plain state dicts read 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from paav_cli import registry
@@ -83,15 +82,8 @@ class AestheticReward(OpenClipReward):
         dim = self.clip.visual.output_dim
         self.head = aesthetic_head(entry.kind, state, dim).to(self.device)
 
-    def score(self, videos: Sequence[Path], prompts: Sequence[str]) -> list[dict[str, float]]:
-        import torch
-
-        out = []
-        with torch.inference_mode():
-            for video in videos:
-                value = self.head(self.image_embeddings(video)).mean().item()
-                out.append({self.dims[0]: round(value, 4)})
-        return out
+    def score_one(self, video: Path, prompt: str) -> dict[str, float]:
+        return {self.dims[0]: round(self.head(self.image_embeddings(video)).mean().item(), 4)}
 
 
 class ClipScoreReward(OpenClipReward):
@@ -100,14 +92,8 @@ class ClipScoreReward(OpenClipReward):
     def __init__(self, entry: RewardEntry):
         super().__init__(entry, entry.backbone)
 
-    def score(self, videos: Sequence[Path], prompts: Sequence[str]) -> list[dict[str, float]]:
-        import torch
-
-        out = []
-        with torch.inference_mode():
-            for video, prompt in zip(videos, prompts):
-                text = self.clip.encode_text(self.tokenizer([prompt]).to(self.device)).float()
-                text = text / text.norm(dim=-1, keepdim=True)
-                cosine = (self.image_embeddings(video) @ text.T).mean().item()
-                out.append({self.dims[0]: round(100 * max(cosine, 0.0), 4)})
-        return out
+    def score_one(self, video: Path, prompt: str) -> dict[str, float]:
+        text = self.clip.encode_text(self.tokenizer([prompt]).to(self.device)).float()
+        text = text / text.norm(dim=-1, keepdim=True)
+        cosine = (self.image_embeddings(video) @ text.T).mean().item()
+        return {self.dims[0]: round(100 * max(cosine, 0.0), 4)}

@@ -360,13 +360,7 @@ class MPSReward(TorchReward):
         pixels = self.processor(images=images, return_tensors="pt").pixel_values
         return pixels.to(device=self.device, dtype=self.dtype)
 
-    def score(self, videos: Sequence[Path], prompts: Sequence[str]) -> list[dict[str, float]]:
-        if len(videos) != len(prompts):
-            raise ValueError(f"{len(videos)} videos but {len(prompts)} prompts")
-        results = []
-        with torch.inference_mode():
-            for video, prompt in zip(videos, prompts):
-                frames = sampled_frames(Path(video), self.entry.frames or FRAMES)
-                scores = self.model.score(self._pixels(frames), self._tokenize([prompt]), self._condition_ids)
-                results.append({"MPS": round(float(scores.float().mean()), 3)})
-        return results
+    def score_one(self, video: Path, prompt: str) -> dict[str, float]:
+        frames = sampled_frames(video, self.entry.frames or FRAMES)
+        scores = self.model.score(self._pixels(frames), self._tokenize([prompt]), self._condition_ids)
+        return {"MPS": round(float(scores.float().mean()), 3)}

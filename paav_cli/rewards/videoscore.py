@@ -27,7 +27,6 @@ the head applied to every position and read at the last token, the 5 raw outputs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -179,19 +178,12 @@ class VideoScoreReward(TorchReward):
         batch = self.processor(text=build_query(prompt, len(frames)), images=frames, return_tensors="pt")
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def score(self, videos: Sequence[Path], prompts: Sequence[str]) -> list[dict[str, float]]:
-        if len(videos) != len(prompts):
-            raise ValueError(f"{len(videos)} videos but {len(prompts)} prompts")
-        results = []
-        with torch.inference_mode():
-            for video, prompt in zip(videos, prompts):
-                batch = self.inputs(Path(video), prompt)
-                logits = self.model(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch.get("attention_mask"),
-                    pixel_values=batch.get("pixel_values"),
-                    pixel_attention_mask=batch.get("pixel_attention_mask"),
-                )
-                values = [round(float(x), ROUND_DIGITS) for x in logits[0]]
-                results.append(dict(zip(self.dims, values)))
-        return results
+    def score_one(self, video: Path, prompt: str) -> dict[str, float]:
+        batch = self.inputs(video, prompt)
+        logits = self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            pixel_values=batch.get("pixel_values"),
+            pixel_attention_mask=batch.get("pixel_attention_mask"),
+        )
+        return dict(zip(self.dims, [round(float(x), ROUND_DIGITS) for x in logits[0]]))
