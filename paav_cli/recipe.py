@@ -82,6 +82,10 @@ class Sft(Section):
     max_length: int = Field(1024, ge=16)
     eval_fraction: float = Field(0.05, ge=0, lt=1)
     gradient_checkpointing: Literal["auto", "on", "off"] = "auto"  # auto: on with a GPU
+    # chat: the released instruction in the base's chat template; completion: plain text for base models
+    # without one (the default booster's layout, text/formats.py).
+    prompt_format: Literal["chat", "completion"] = "chat"
+    checkpoint_every: int = Field(0, ge=0)  # optimizer steps between checkpoints; 0: one per epoch
     lora: Lora = Lora()
     seed: int = 0
 

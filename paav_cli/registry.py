@@ -47,6 +47,9 @@ class TextEncoder(BaseModel):
     tokenizer_subfolder: str | None = "tokenizer"
 
 
+SOURCES = ("hub", "package", "path", "url", "builder", "from_gguf")
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,6 +67,9 @@ class ModelEntry(BaseModel):
     path: str | None = None
     url: str | None = None
     builder: Literal["tiny"] | None = None
+    # The name of a GGUF booster this model is dequantised from, into Hugging Face format on first use
+    # (the offline default's base model: the hub's gemma-3-270m is gated and unreachable offline).
+    from_gguf: str | None = None
 
     revision: str | None = None
     files: list[str] = []
@@ -74,17 +80,17 @@ class ModelEntry(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelEntry:
-        sources = [s for s in ("hub", "package", "path", "url", "builder") if getattr(self, s)]
+        sources = [s for s in SOURCES if getattr(self, s)]
         if len(sources) != 1:
             raise ValueError(
-                "give exactly one of hub, package, path, url or builder "
+                "give exactly one of hub, package, path, url, builder or from_gguf "
                 f"(found {', '.join(sources) or 'none'})"
             )
         return self
 
     @property
     def source_kind(self) -> str:
-        found = [s for s in ("hub", "package", "path", "url", "builder") if getattr(self, s)]
+        found = [s for s in SOURCES if getattr(self, s)]
         return found[0] if found else "api"
 
     @property
@@ -98,8 +104,9 @@ class ModelEntry(BaseModel):
 
 class BoosterEntry(ModelEntry):
     # fewshot: completion-style few-shot prompt (base models without a chat template);
-    # chat: the model's chat template with the released boosters' instruction (METHOD.md).
-    prompt_format: Literal["fewshot", "chat"] = "chat"
+    # chat: the model's chat template with the released boosters' instruction (METHOD.md);
+    # completion: the few-shot layout without examples, for base models fine-tuned on it (text/formats.py).
+    prompt_format: Literal["fewshot", "completion", "chat"] = "chat"
     format: Literal["gguf", "hf"] = "gguf"
     context: int = 2048
     lora: str | None = None  # a GGUF LoRA adapter llama.cpp applies on this GGUF at load time
@@ -268,8 +275,10 @@ def converted_gguf(entry: ModelEntry) -> Path:
 
 
 def expand_path(path: str) -> Path:
-    """A registry path: `{cache}` stands for paav's cache folder (so PAAV_CACHE moves it), `~` for home."""
-    return Path(path.replace("{cache}", str(paths.cache_dir()))).expanduser()
+    """A registry path: `{cache}` stands for paav's cache folder (so PAAV_CACHE moves it), `{paav}` for
+    the installed package (files shipped with paav, like the default adapter), `~` for home."""
+    path = path.replace("{cache}", str(paths.cache_dir())).replace("{paav}", str(Path(__file__).parent))
+    return Path(path).expanduser()
 
 
 def local_path(entry: ModelEntry) -> Path | None:
@@ -290,6 +299,8 @@ def local_path(entry: ModelEntry) -> Path | None:
     if kind in ("package", "url"):
         target = folder / (entry.file or Path(entry.url or "model").name)
         return target if target.exists() else None
+    if kind == "from_gguf":
+        return folder if (folder / "config.json").is_file() else None
     if kind == "builder":
         from paav_cli.testing import tiny_model_path
 
@@ -304,6 +315,9 @@ def revision_of(entry: ModelEntry) -> str:
     if entry.source_kind == "path":
         found = expand_path(entry.path)
         return f"path@{found.stat().st_mtime_ns}" if found.exists() else "path"
+    if entry.from_gguf:
+        booster = Registry.load().get(entry.from_gguf, "boosters")
+        return f"gguf@{next(iter(booster.sha256.values()), revision_of(booster))[:16]}"
     return entry.revision or entry.source_kind
 
 
@@ -318,7 +332,7 @@ def require_path(entry: ModelEntry) -> Path:
     path = local_path(entry)
     if path is not None:
         return path
-    if entry.source_kind in ("package", "builder"):
+    if entry.source_kind in ("package", "builder", "from_gguf"):
         return pull(entry)
     hf_booster = isinstance(entry, BoosterEntry) and entry.format == "hf"
     if hf_booster and entry.source_kind == "path" and expand_path(entry.path).exists():
@@ -381,6 +395,7 @@ def _pull_source(entry: ModelEntry) -> Path:
         "package": _pull_package,
         "url": _pull_url,
         "builder": _pull_builder,
+        "from_gguf": _pull_from_gguf,
         "path": lambda e: require_path(e),
     }[entry.source_kind]
     return puller(entry)
@@ -504,6 +519,31 @@ def _pull_builder(entry: ModelEntry) -> Path:
     from paav_cli.testing import build_tiny_model
 
     return build_tiny_model(entry, model_cache_dir(entry))
+
+
+def _pull_from_gguf(entry: ModelEntry) -> Path:
+    """Dequantise a booster's GGUF into a Hugging Face folder (fp32, as transformers reads it) for training."""
+    from paav_cli.libs import quiet
+
+    gguf_path = require_path(Registry.load().get(entry.from_gguf, "boosters"))
+    quiet()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = model_cache_dir(entry)
+    tmp = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    kwargs = {"gguf_file": gguf_path.name}
+    AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs).save_pretrained(tmp)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
+    # The weights are plain dequantised tensors; transformers only refuses to save while the GGUF
+    # "quantizer" that read them is attached.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+    return folder
 
 
 def human_size(entry: ModelEntry) -> str:

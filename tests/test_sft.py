@@ -269,3 +269,35 @@ def test_a_run_of_another_recipe_is_replaced_only_with_force(tmp_path, no_traini
     assert one_sentence(str(e.value)) and no_training == []
     assert run_sft(pairs, recipe(), run, force=True) == {"trained": True}
     assert not (run / "sft" / "manifest.json").exists()  # --force cleared the old fine-tune
+
+
+# ---------------------------------------------------------------------------------------------
+# The completion layout (base models without a chat template: the default booster)
+
+
+def test_completion_mask_is_the_answer_and_eos_after_the_boosters_own_prompt():
+    from paav_cli.text.formats import completion_request
+    from paav_cli.train.chat import tokenize_with_mask
+
+    tokenizer = tokenizer_of("tiny-gemma3")
+    pair = PAIRS[2]
+    row = tokenize_with_mask(tokenizer, pair["source"], pair["target"], 1024, prompt_format="completion")
+    ids, mask = row["input_ids"], row["completion_mask"]
+    first = mask.index(1)
+    assert set(mask[:first]) == {0} and set(mask[first:]) == {1}
+    assert ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(ids[first:-1]).strip() == pair["target"]
+    # What enhance sends the model is the trained prompt followed by the answer's forced opening.
+    request = completion_request(pair["source"])
+    assert request.text == tokenizer.decode(ids[:first], skip_special_tokens=True) + " " + request.prefix
+
+
+def test_sft_trains_the_completion_layout_with_checkpoints_every_n_steps(tmp_path):
+    from paav_cli.train.sft import run_sft
+
+    pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS[:4])
+    summary = run_sft(pairs, recipe("tiny-gemma3", prompt_format="completion", eval_fraction=0.0,
+                                    checkpoint_every=1), tmp_path / "run", progress=False)
+    assert summary["status"] == "done" and summary["pairs"] == {"train": 4, "eval": 0}
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "sft" / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-1", "checkpoint-2"]  # 4 pairs, batch 2: one per step

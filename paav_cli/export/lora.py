@@ -83,7 +83,8 @@ def export_lora(adapter_dir: Path, base_dir: Path, out: Path) -> Path:
             raise UserError(f"the adapter's {hf_name} ({b.shape[0]}x{a.shape[1]}) does not fit the base model in "
                             f"{base_dir}; export it with the base it was trained on.")
         b = transform(arch, hf_name, b, base_config)
-        tensors += [(f"{target}.lora_a", a), (f"{target}.lora_b", b)]
+        # F16 halves the file (llama.cpp computes LoRA in F16 or F32 alike); the factors stay in its range.
+        tensors += [(f"{target}.lora_a", a.to(torch.float16)), (f"{target}.lora_b", b.to(torch.float16))]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")

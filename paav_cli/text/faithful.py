@@ -86,25 +86,50 @@ def start_with_source(source: str, target: str) -> str:
     return f"{first}. {target}"
 
 
-def conservative_pairs(rows: list[dict], max_source_words: int = 30) -> list[dict]:
-    """Short sources whose rewrite adds no subject or action, each target starting with the source."""
+def trim_words(text: str, max_words: int) -> str:
+    """Whole sentences up to max_words (at least the first two): later sentences of public rewrites are
+    where they embellish most, and a shorter target is a faster booster."""
+    from paav_cli.text.clean import split_sentences
+
+    kept: list[str] = []
+    for sentence in split_sentences(text):
+        if len(kept) >= 2 and len(" ".join([*kept, sentence]).split()) > max_words:
+            break
+        kept.append(sentence)
+    return " ".join(kept)
+
+
+def _key(prompt: str) -> str:
+    return " ".join(prompt.lower().split()).rstrip(" .")
+
+
+def conservative_pairs(
+    rows: list[dict], max_source_words: int = 30, max_target_words: int = 80, exclude: set[str] = frozenset()
+) -> list[dict]:
+    """Short sources whose rewrite adds no subject or action, each target starting with the source and
+    trimmed to whole sentences; sources in `exclude` (held-out benchmark prompts) are left out."""
+    excluded = {_key(p) for p in exclude}
     return [
-        {**r, "target": start_with_source(r["source"], r["target"])}
+        {**r, "target": trim_words(start_with_source(r["source"], r["target"]), max_target_words)}
         for r in rows
-        if len(r["source"].split()) <= max_source_words and keeps_subjects(r["source"], r["target"])
+        if len(r["source"].split()) <= max_source_words
+        and keeps_subjects(r["source"], r["target"])
+        and _key(r["source"]) not in excluded
     ]
 
 
 def main(argv: list[str] | None = None) -> None:
+    """python -m paav_cli.text.faithful SRC DEST [HELD_OUT.txt ...]"""
     import json
     import sys
 
-    src, dest = (argv or sys.argv[1:])[:2]
+    src, dest, *held_out = argv or sys.argv[1:]
     rows = [json.loads(line) for line in open(src, encoding="utf-8") if line.strip()]
-    kept = conservative_pairs(rows)
+    exclude = {line.strip() for path in held_out for line in open(path, encoding="utf-8") if line.strip()}
+    kept = conservative_pairs(rows, exclude=exclude)
     with open(dest, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
-    print(f"{len(kept)} of {len(rows)} pairs kept")
+    print(f"{len(kept)} of {len(rows)} pairs kept ({len(exclude)} held-out prompts excluded)")
 
 
 if __name__ == "__main__":

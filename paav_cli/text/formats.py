@@ -1,6 +1,9 @@
 """How a booster is prompted: the one place that turns a user prompt into model input.
 
-Two formats:
+Three formats:
+- `completion`: the few-shot header and one "Prompt:/Description:" pair, no examples; for base models
+  fine-tuned on that layout (the default booster's adapter). The output is forced to begin with the
+  user's prompt, as in `fewshot`, and the prompt is ~40 tokens instead of ~450.
 - `fewshot`: completion style for small base models without a chat template (the default booster).
   The output is forced to start with the user's own prompt as its first sentence, which keeps what
   the user asked for (intent similarity 0.66 -> 0.78 at the same speed) and the model only adds
@@ -8,7 +11,7 @@ Two formats:
 - `chat`: the model's own chat template, with the instruction of the released Prompt-A-Video
   boosters (paper Table 7) in one user turn. Trained boosters use this.
 
-A trained adapter replaces the few-shot examples later; only this module needs to change.
+Training (`train/chat.py`) builds the same text with `completion_parts`, so the two cannot drift.
 """
 
 from __future__ import annotations
@@ -98,6 +101,16 @@ def fewshot_request(prompt: str) -> BoosterRequest:
     return BoosterRequest("fewshot", text=text, prefix=opening, stop=["\n", "Prompt:"])
 
 
+def completion_parts(prompt: str) -> tuple[str, str]:
+    """(model input up to the answer, the forced opening of the answer) for the completion format."""
+    return f"{FEWSHOT_HEADER}Prompt: {' '.join(prompt.split())}\nDescription:", as_sentence(prompt)
+
+
+def completion_request(prompt: str) -> BoosterRequest:
+    head, opening = completion_parts(prompt)
+    return BoosterRequest("completion", text=f"{head} {opening}", prefix=opening, stop=["\n", "Prompt:"])
+
+
 def chat_request(prompt: str) -> BoosterRequest:
     content = f"{RELEASED_INSTRUCTION}{prompt.strip()}{RELEASED_SUFFIX}"
     return BoosterRequest("chat", messages=[{"role": "user", "content": content}])
@@ -106,4 +119,6 @@ def chat_request(prompt: str) -> BoosterRequest:
 def build_request(prompt_format: str, prompt: str) -> BoosterRequest:
     if prompt_format == "fewshot":
         return fewshot_request(prompt)
+    if prompt_format == "completion":
+        return completion_request(prompt)
     return chat_request(prompt)

@@ -1,4 +1,8 @@
-"""The booster's chat format (paper Table 7) and the completion mask, built by paav for every template.
+"""The booster's training text and its completion mask, built by paav for every template.
+
+Two layouts, matching the booster's prompt formats (`text/formats.py`): `chat`, the released
+instruction (paper Table 7) in the model's chat template; `completion`, plain text for base models
+without a template (the default booster), ending in the tokenizer's end-of-sequence token.
 
 trl's `assistant_only_loss` relies on `{% generation %}` markers that only some chat templates
 carry (Llama-3.0 yes, 3.1/3.2, Qwen2.5 and Gemma 3 no), so paav finds the assistant tokens
@@ -32,10 +36,24 @@ def _ids(tokenizer, messages, add_generation_prompt: bool) -> list[int]:
     return list(out["input_ids"])
 
 
-def tokenize_with_mask(tokenizer, source: str, target: str, max_length: int) -> dict:
-    """input_ids and completion_mask (1 on the assistant's tokens) for one pair, truncated to max_length."""
-    prompt = _ids(tokenizer, prompt_messages(source), add_generation_prompt=True)
-    full = _ids(tokenizer, conversation(source, target), add_generation_prompt=False)
+def _completion_ids(tokenizer, source: str, target: str) -> tuple[list[int], list[int]]:
+    """The prompt's tokens and the whole text's. The answer joins the prompt with a space, so the
+    tokenizer splits "Description:" the same way in both (a trailing space would be its own token)."""
+    from paav_cli.text.formats import completion_parts
+
+    head, _ = completion_parts(source)
+    prompt = list(tokenizer(head)["input_ids"])
+    full = list(tokenizer(f"{head} {' '.join(target.split())}")["input_ids"]) + [tokenizer.eos_token_id]
+    return prompt, full
+
+
+def tokenize_with_mask(tokenizer, source: str, target: str, max_length: int, prompt_format: str = "chat") -> dict:
+    """input_ids and completion_mask (1 on the answer's tokens) for one pair, truncated to max_length."""
+    if prompt_format == "completion":
+        prompt, full = _completion_ids(tokenizer, source, target)
+    else:
+        prompt = _ids(tokenizer, prompt_messages(source), add_generation_prompt=True)
+        full = _ids(tokenizer, conversation(source, target), add_generation_prompt=False)
     if full[: len(prompt)] != prompt:
         raise UserError(
             "this model's chat template renders the prompt differently inside a conversation, so paav cannot "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import sys
 from pathlib import Path
 
 from paav_cli.errors import UserError
@@ -138,13 +139,14 @@ def _train(pairs, cfg: Sft, entry, quant, run: Path, fingerprint, *, resume, pro
     bar = make_progress(progress)
     trainer = build_trainer(folder, tokenizer, train_rows, eval_rows, cfg, quant, out, bar)
     try:
-        trainer.train(resume_from_checkpoint=True if resume else None)
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
         trainer.model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         history = epoch_history(trainer.state.log_history)
         manifest = {
             **head, "status": "done", "hyperparameters": hyperparameters(trainer.args, cfg, quant),
             "versions": library_versions(quant), "epochs": history, **final_losses(history),
+            "seconds": round(result.metrics.get("train_runtime", 0.0), 1),  # this session's, when resumed
         }
     finally:
         if bar is not None:
@@ -183,9 +185,12 @@ def load_tokenizer(folder: Path):
 def tokenize_pairs(tokenizer, pairs: list[dict], cfg: Sft) -> tuple[list[dict], list[dict]]:
     from paav_cli.train.chat import tokenize_with_mask
 
-    if not tokenizer.chat_template:
-        raise UserError(f"base model {cfg.base!r} has no chat template; choose an instruction-tuned base model.")
-    rows = [tokenize_with_mask(tokenizer, p["source"], p["target"], cfg.max_length) for p in pairs]
+    if cfg.prompt_format == "chat" and not tokenizer.chat_template:
+        raise UserError(
+            f"base model {cfg.base!r} has no chat template; choose an instruction-tuned base model "
+            'or set prompt_format = "completion" in [sft].'
+        )
+    rows = [tokenize_with_mask(tokenizer, p["source"], p["target"], cfg.max_length, cfg.prompt_format) for p in pairs]
     train, held_out = split_held_out(rows, cfg.eval_fraction, cfg.seed)
     if not train:
         raise UserError(
@@ -239,7 +244,8 @@ def sft_config(cfg: Sft, out: Path, has_eval: bool, bf16: bool, gradient_checkpo
         # renamed gradient_checkpointing to activation_checkpointing (the old name mirrors it, trl reads that).
         bf16=bf16, fp16=False, activation_checkpointing=gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
-        eval_strategy=per_epoch, save_strategy="epoch", save_total_limit=2,
+        eval_strategy=per_epoch, save_total_limit=2,
+        save_strategy="steps" if cfg.checkpoint_every else "epoch", save_steps=cfg.checkpoint_every or 500,
         logging_strategy="steps", logging_steps=1,
         report_to="none", disable_tqdm=True, dataloader_num_workers=0,
     )
@@ -361,11 +367,41 @@ class TrainBar:
             self._progress.stop()
 
 
+class TrainLog:
+    """Without a terminal (nohup, CI logs): one plain line on stderr per minute, so a background run's
+    progress can be followed with `tail -f`."""
+
+    def __init__(self, every_s: float = 60.0):
+        import time
+
+        self._clock, self._every = time.monotonic, every_s
+        self._started = self._last = self._clock()
+        self._total = self._first = 0
+
+    def start(self, total: int, done: int) -> None:
+        self._total, self._first = total, done
+
+    def update(self, done: int, loss: float | None) -> None:
+        now = self._clock()
+        if now - self._last < self._every and done < self._total:
+            return
+        self._last = now
+        elapsed = now - self._started
+        rate = (done - self._first) / elapsed if elapsed > 0 else 0
+        eta = f"{(self._total - done) / rate / 60:.0f} min" if rate > 0 else "?"
+        shown = "--" if loss is None else f"{loss:.4f}"
+        print(f"fine-tuning: step {done}/{self._total}, loss {shown}, {elapsed / 60:.1f} min, about {eta} left",
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
 def make_progress(progress):
     from paav_cli.progress import stderr_is_terminal
 
     if progress is None:
-        return TrainBar() if stderr_is_terminal() else None
+        return TrainBar() if stderr_is_terminal() else TrainLog()
     return progress or None
 
 
