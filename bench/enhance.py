@@ -2,6 +2,8 @@
 
     python bench/enhance.py [--prompts 32] [--threads 2] [--max-tokens 96] [--model default]
 
+A booster with a LoRA adapter (`--model default-lora`) runs with the adapter applied in all three.
+
 Three figures on the same GGUF, the same few-shot prompts, seeds and sampling settings:
   raw      llama_cpp.Llama.create_completion, one prompt after another (the reference)
   paav-1   paav's backend one prompt at a time (--parallel 1)
@@ -34,10 +36,11 @@ def load_prompts(n: int) -> list[str]:
     return [f"a cat playing piano, take {i}" for i in range(n)]
 
 
-def run_raw(path: Path, texts: list[str], seeds: list[int], s: Sampling, stop, threads: int):
+def run_raw(path: Path, texts: list[str], seeds: list[int], s: Sampling, stop, threads: int, lora: Path | None):
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = Llama(model_path=str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False,
+                lora_path=str(lora) if lora else None)
     llm.create_completion(texts[0], max_tokens=1)  # warm-up, like paav's own first call below
     tokens, outs, start = 0, [], time.perf_counter()
     for text, seed in zip(texts, seeds):
@@ -50,8 +53,8 @@ def run_raw(path: Path, texts: list[str], seeds: list[int], s: Sampling, stop, t
     return tokens, time.perf_counter() - start, outs
 
 
-def run_paav(path: Path, token_lists, seeds, s: Sampling, stop, threads: int, parallel: int):
-    model = LlamaCppModel(path, n_threads=threads, max_parallel=parallel)
+def run_paav(path: Path, token_lists, seeds, s: Sampling, stop, threads: int, parallel: int, lora: Path | None):
+    model = LlamaCppModel(path, n_threads=threads, max_parallel=parallel, lora_path=lora)
     model.complete(token_lists[:1], seeds=[0], sampling=Sampling(max_tokens=1), stop=stop)  # warm-up
     start = time.perf_counter()
     out = model.complete(token_lists, seeds=seeds, sampling=s, stop=stop)
@@ -72,6 +75,7 @@ def main() -> None:
 
     entry = registry.Registry.load().get(args.model, "boosters")
     path = registry.require_path(entry)
+    lora = registry.expand_path(entry.lora) if entry.lora else None
     prompts = load_prompts(args.prompts)
     requests = [build_request(entry.prompt_format, p) for p in prompts]
     texts = [r.text for r in requests]
@@ -79,19 +83,19 @@ def main() -> None:
     seeds = list(range(len(prompts)))
     s = Sampling(max_tokens=args.max_tokens, temperature=args.temperature, repeat_penalty=args.repeat_penalty)
 
-    probe = LlamaCppModel(path, n_threads=args.threads)
+    probe = LlamaCppModel(path, n_threads=args.threads, lora_path=lora)
     token_lists = [probe.encode_prompt(t) for t in texts]
     probe.close()
 
-    raw_tokens, raw_s, raw_texts = run_raw(path, texts, seeds, s, stop, args.threads)
-    one, one_s = run_paav(path, token_lists, seeds, s, stop, args.threads, parallel=1)
-    many, many_s = run_paav(path, token_lists, seeds, s, stop, args.threads, parallel=len(prompts))
+    raw_tokens, raw_s, raw_texts = run_raw(path, texts, seeds, s, stop, args.threads, lora)
+    one, one_s = run_paav(path, token_lists, seeds, s, stop, args.threads, parallel=1, lora=lora)
+    many, many_s = run_paav(path, token_lists, seeds, s, stop, args.threads, parallel=len(prompts), lora=lora)
 
     one_tokens = sum(c.tokens for c in one)
     many_tokens = sum(c.tokens for c in many)
     raw_rate, one_rate, many_rate = raw_tokens / raw_s, one_tokens / one_s, many_tokens / many_s
     same = sum(a.text == b.text for a, b in zip(one, many))
-    print(f"model {path.name}, {len(prompts)} prompts, {args.threads} threads, max {args.max_tokens} tokens")
+    print(f"model {path.name}{' + ' + lora.name if lora else ''}, {len(prompts)} prompts, {args.threads} threads, max {args.max_tokens} tokens")
     print(f"raw llama-cpp-python  {raw_tokens:6d} tokens {raw_s:7.2f} s  {raw_rate:7.1f} tok/s")
     print(f"paav one at a time    {one_tokens:6d} tokens {one_s:7.2f} s  {one_rate:7.1f} tok/s")
     print(f"paav batched ({len(prompts):2d})     {many_tokens:6d} tokens {many_s:7.2f} s  {many_rate:7.1f} tok/s")

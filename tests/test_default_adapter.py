@@ -1,0 +1,93 @@
+"""The shipped default-booster adapter: its manifest matches its files, it changes the base model's
+output, and its training recipe still trains (a few steps on a slice of its data, then exports)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from paav_cli import registry
+from paav_cli.export.adapter_manifest import MANIFEST, check_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+ADAPTER = REPO / "adapters" / "default-booster"
+
+
+def manifest() -> dict:
+    return json.loads((ADAPTER / MANIFEST).read_text())
+
+
+def test_manifest_matches_the_shipped_files_data_recipe_and_base():
+    assert check_manifest(ADAPTER) == []
+    found = manifest()
+    assert "adapter.gguf" in found["files"]
+    assert found["data"]["sha256"] == registry.sha256_file(REPO / found["data"]["path"])
+    assert found["recipe"]["sha256"] == registry.sha256_file(REPO / found["recipe"]["path"])
+    default = registry.Registry.load().get("default", "boosters")
+    assert found["base"]["sha256"] == default.sha256  # trained on the GGUF every install has
+    assert found["eval"], "the manifest records the eval figures the adapter shipped with"
+
+
+def test_manifest_check_finds_a_changed_or_extra_file(tmp_path):
+    import shutil
+
+    copy = tmp_path / "adapter"
+    shutil.copytree(ADAPTER, copy)
+    assert check_manifest(copy) == []
+    with open(copy / "adapter.gguf", "r+b") as f:
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    (copy / "notes.txt").write_text("x")
+    assert sorted(check_manifest(copy)) == ["adapter.gguf has changed", "notes.txt is not listed"]
+
+
+def test_registered_booster_points_at_the_shipped_adapter():
+    entry = registry.Registry.load().get("default-lora", "boosters")
+    assert registry.expand_path(entry.lora).resolve() == (ADAPTER / "adapter.gguf").resolve()
+    assert entry.prompt_format == "completion"
+
+
+@pytest.mark.real_model
+def test_adapter_loads_on_the_default_gguf_and_changes_its_output():
+    from paav_cli.llm.llamacpp import LlamaCppModel, Sampling
+    from paav_cli.text.formats import completion_request
+
+    entry = registry.Registry.load().get("default-lora", "boosters")
+    path = registry.require_path(entry)
+    request = completion_request("A person is ice skating")
+    greedy = Sampling(max_tokens=24, temperature=0.0)
+    texts = []
+    for lora in (None, registry.expand_path(entry.lora)):
+        model = LlamaCppModel(path, n_threads=2, lora_path=lora)
+        try:
+            tokens = model.encode_prompt(request.text)
+            texts.append(model.complete([tokens], seeds=[0], sampling=greedy, stop=request.stop)[0].text)
+        finally:
+            model.close()
+    base, adapted = texts
+    assert adapted.strip() and adapted != base
+
+
+@pytest.mark.real_model
+def test_the_recipe_trains_a_few_steps_on_a_slice_and_exports(tmp_path):
+    """The real recipe on the real base (dequantised from the default GGUF), 6 pairs, then `--lora` export."""
+    from paav_cli.export.lora import export_lora
+    from paav_cli.recipe import load_recipe
+    from paav_cli.train.sft import run_sft
+
+    lines = (REPO / "data" / "default_booster_pairs.jsonl").read_text(encoding="utf-8").splitlines()[:6]
+    pairs = tmp_path / "slice.jsonl"
+    pairs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    recipe = load_recipe("default-booster")
+    # Same recipe, a few steps: one epoch of 6 pairs in batches of 2 (3 steps), nothing held out.
+    sft = recipe.sft.model_copy(update={"epochs": 1, "batch_size": 2, "per_device_batch": 2, "eval_fraction": 0.0})
+    summary = run_sft(pairs, recipe.model_copy(update={"sft": sft}), tmp_path / "run", progress=False)
+    assert summary["status"] == "done" and summary["pairs"]["train"] == 6
+    assert summary["final_loss"] is not None and summary["final_loss"] < 10
+    base = registry.require_path(registry.Registry.load().get(recipe.sft.base, "base_llms"))
+    out = export_lora(tmp_path / "run" / "sft", base, tmp_path / "slice.gguf")
+    assert out.stat().st_size > 100_000
