@@ -2,7 +2,8 @@
 
     python bench/enhance.py [--prompts 32] [--threads 2] [--max-tokens 96] [--model default]
 
-A booster with a LoRA adapter (`--model default-lora`) runs with the adapter applied in all three.
+A booster with a LoRA adapter (`--model default`, the shipped adapter) runs with it applied in all three;
+`--model default-fewshot` is the base model prompted with examples.
 
 Three figures on the same GGUF, the same few-shot prompts, seeds and sampling settings:
   raw      llama_cpp.Llama.create_completion, one prompt after another (the reference)

@@ -421,7 +421,7 @@ def export(
     quant: str = typer.Option("Q4_K_M", "--quant", help="F32, F16, BF16, Q8_0, Q6_K, Q5_K_M or Q4_K_M."),
     adapter: str | None = typer.Option(None, "--adapter", help="A LoRA adapter to merge in (or, with --lora, to export)."),
     lora: bool = typer.Option(False, "--lora", help="Export only the adapter, as a GGUF LoRA (a few MB)."),
-    base: str | None = typer.Option(None, "--base", help="With --lora: the base model folder (default: the adapter's)."),
+    base: str | None = typer.Option(None, "--base", help="With --lora: the base model folder or a registered base LLM (default: the adapter's)."),
     verify: bool | None = typer.Option(None, "--verify/--no-verify", help="Compare logits with transformers (default: on for F32/F16)."),
     name: str | None = typer.Option(None, "--name", help="Register the GGUF as a booster under this name."),
     ollama: bool = typer.Option(False, "--ollama", help="Also write an Ollama Modelfile beside the GGUF."),

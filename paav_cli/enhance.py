@@ -24,7 +24,7 @@ from paav_cli.text.templates import NEGATIVE_PROMPT
 
 RETRY_SEED_OFFSET = 1_000_003  # the retry's seed: far from the seeds of neighbouring variants
 # Variants need sampling; a single rewrite is greedy by default because, read strictly, greedy
-# rewrites of the default booster kept the user's scene twice as often (10 of the first 20 VBench
+# rewrites of the few-shot booster kept the user's scene twice as often (10 of the first 20 VBench
 # test prompts, against 5 of 20 sampled at 0.8).
 DEFAULT_TEMPERATURE = 0.8
 

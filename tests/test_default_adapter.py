@@ -25,8 +25,8 @@ def test_manifest_matches_the_shipped_files_data_recipe_and_base():
     assert "adapter.gguf" in found["files"]
     assert found["data"]["sha256"] == registry.sha256_file(REPO / found["data"]["path"])
     assert found["recipe"]["sha256"] == registry.sha256_file(REPO / found["recipe"]["path"])
-    default = registry.Registry.load().get("default", "boosters")
-    assert found["base"]["sha256"] == default.sha256  # trained on the GGUF every install has
+    base_gguf = registry.Registry.load().get("default-fewshot", "boosters")
+    assert found["base"]["sha256"] == base_gguf.sha256  # trained on the GGUF every install has
     assert found["eval"], "the manifest records the eval figures the adapter shipped with"
 
 
@@ -46,7 +46,7 @@ def test_manifest_check_finds_a_changed_or_extra_file(tmp_path):
 
 
 def test_registered_booster_points_at_the_shipped_adapter():
-    entry = registry.Registry.load().get("default-lora", "boosters")
+    entry = registry.Registry.load().get("default", "boosters")
     assert registry.expand_path(entry.lora).resolve() == (ADAPTER / "adapter.gguf").resolve()
     assert entry.prompt_format == "completion"
 
@@ -56,7 +56,7 @@ def test_adapter_loads_on_the_default_gguf_and_changes_its_output():
     from paav_cli.llm.llamacpp import LlamaCppModel, Sampling
     from paav_cli.text.formats import completion_request
 
-    entry = registry.Registry.load().get("default-lora", "boosters")
+    entry = registry.Registry.load().get("default", "boosters")
     path = registry.require_path(entry)
     request = completion_request("A person is ice skating")
     greedy = Sampling(max_tokens=24, temperature=0.0)

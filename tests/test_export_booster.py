@@ -60,13 +60,16 @@ def test_lora_gguf_applied_by_llama_cpp_equals_the_merged_model(tmp_path):
     merged = merge_adapter(base, adapter, tmp_path / "merged", dtype="fp32")
     convert(merged, tmp_path / "merged.gguf", outtype="F32")
     convert(base, tmp_path / "base.gguf", outtype="F32")
-    lora = export_lora(adapter, base, tmp_path / "adapter.gguf")
+    lora = export_lora(adapter, base, tmp_path / "adapter.gguf", dtype="F32")
+    half = export_lora(adapter, base, tmp_path / "adapter-f16.gguf")  # the default: half the size
     assert lora.stat().st_size < (tmp_path / "base.gguf").stat().st_size
+    assert half.stat().st_size < 0.6 * lora.stat().st_size
     tokens = AutoTokenizer.from_pretrained(base)("a cat playing piano in warm light")["input_ids"]
     want = llama_logits(tmp_path / "merged.gguf", tokens)
     got = llama_logits(tmp_path / "base.gguf", tokens, lora=lora)
     plain = llama_logits(tmp_path / "base.gguf", tokens)
     assert np.abs(got - want).max() <= 1e-3
+    assert np.abs(llama_logits(tmp_path / "base.gguf", tokens, lora=half) - want).max() <= 1e-2
     assert np.abs(plain - want).max() > 1e-2  # the adapter matters: the check could fail
 
 

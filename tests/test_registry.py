@@ -7,7 +7,7 @@ from paav_cli import registry
 from paav_cli.errors import UserError
 
 REQUIRED = {
-    "boosters": {"default", "prompt-a-video-cogvideox", "prompt-a-video-opensora"},
+    "boosters": {"default", "default-fewshot", "prompt-a-video-cogvideox", "prompt-a-video-opensora"},
     "generators": {"cogvideox-2b", "cogvideox-5b", "cogvideox1.5-5b", "wan2.1-1.3b", "ltx-video",
                    "hunyuanvideo", "sd-1.4", "opensora-1.2"},
     "rewards": {"videoscore", "videoscore-v1.1", "aesthetic", "mps"},
@@ -23,7 +23,8 @@ def test_builtin_registry_has_every_required_model():
     assert reg.get("opensora-1.2").text_encoder.max_tokens == 300
     default = reg.get("default")
     assert default.sha256["gemma-3-270m-q4_k_m.gguf"].startswith("a5fd3b62")
-    assert default.prompt_format == "fewshot"
+    assert default.prompt_format == "completion" and default.lora  # the shipped adapter on the base GGUF
+    assert reg.get("default-fewshot").prompt_format == "fewshot"
 
 
 def test_user_file_extends_and_overrides(tmp_path):

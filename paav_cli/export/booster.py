@@ -109,7 +109,7 @@ def _export_lora(src: Path, dest: Path, options: ExportOptions) -> dict:
     from paav_cli.train.models import resolve_base
 
     adapter = options.adapter or src
-    base = options.base or resolve_base(adapter, None)
+    base = resolve_base(adapter, str(options.base) if options.base else None)  # a folder or a registered base LLM
     export_lora(adapter, base, dest)
     result = {"gguf": str(dest), "lora": True, "bytes": dest.stat().st_size, "base": str(base)}
     _after(dest, Path(base), options, result)

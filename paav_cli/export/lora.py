@@ -51,8 +51,10 @@ def read_adapter(adapter_dir: Path) -> tuple[dict, dict[str, dict[str, object]]]
     return config, pairs
 
 
-def export_lora(adapter_dir: Path, base_dir: Path, out: Path) -> Path:
-    """Write the adapter as GGUF for the base model in `base_dir` (its config.json decides names)."""
+def export_lora(adapter_dir: Path, base_dir: Path, out: Path, dtype: str = "F16") -> Path:
+    """Write the adapter as GGUF for the base model in `base_dir` (its config.json decides names).
+
+    dtype: F16 (half the file; logits within a few 1e-3 of F32) or F32 (exact)."""
     import gguf
     import torch
 
@@ -83,8 +85,8 @@ def export_lora(adapter_dir: Path, base_dir: Path, out: Path) -> Path:
             raise UserError(f"the adapter's {hf_name} ({b.shape[0]}x{a.shape[1]}) does not fit the base model in "
                             f"{base_dir}; export it with the base it was trained on.")
         b = transform(arch, hf_name, b, base_config)
-        # F16 halves the file (llama.cpp computes LoRA in F16 or F32 alike); the factors stay in its range.
-        tensors += [(f"{target}.lora_a", a.to(torch.float16)), (f"{target}.lora_b", b.to(torch.float16))]
+        stored = torch.float16 if dtype == "F16" else torch.float32
+        tensors += [(f"{target}.lora_a", a.to(stored)), (f"{target}.lora_b", b.to(stored))]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")

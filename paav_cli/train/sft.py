@@ -398,15 +398,16 @@ class TrainLog:
         self._clock, self._every = time.monotonic, every_s
         self._started = self._last = self._clock()
         self._total = self._first = 0
+        self._shown = -1
 
     def start(self, total: int, done: int) -> None:
         self._total, self._first = total, done
 
     def update(self, done: int, loss: float | None) -> None:
         now = self._clock()
-        if now - self._last < self._every and done < self._total:
+        if done == self._shown or (now - self._last < self._every and done < self._total):
             return
-        self._last = now
+        self._last, self._shown = now, done
         elapsed = now - self._started
         rate = (done - self._first) / elapsed if elapsed > 0 else 0
         eta = f"{(self._total - done) / rate / 60:.0f} min" if rate > 0 else "?"
