@@ -136,7 +136,9 @@ def _lora_path(lora: str | None) -> Path | None:
         return None
     path = registry.expand_path(lora)
     if not path.is_file():
-        raise UserError(f"LoRA adapter {lora} does not exist; export one with `paav export ADAPTER --lora`.")
+        if "{paav}" in lora:  # an adapter shipped inside the package
+            raise UserError(f"the booster's adapter {path} is missing from this install; reinstall paav.")
+        raise UserError(f"LoRA adapter {path} does not exist; export one with `paav export ADAPTER --lora`.")
     return path
 
 

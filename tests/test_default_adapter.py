@@ -91,3 +91,18 @@ def test_the_recipe_trains_a_few_steps_on_a_slice_and_exports(tmp_path):
     base = registry.require_path(registry.Registry.load().get(recipe.sft.base, "base_llms"))
     out = export_lora(tmp_path / "run" / "sft", base, tmp_path / "slice.gguf")
     assert out.stat().st_size > 100_000
+
+
+def test_a_missing_shipped_adapter_is_one_clear_sentence(tmp_path):
+    from conftest import assert_user_error, paav, user_models
+
+    user_models(tmp_path, """
+[boosters.broken]
+builder = "tiny"
+file = "tiny-booster.gguf"
+lora = "{paav}/adapters/nope/adapter.gguf"
+prompt_format = "completion"
+""")
+    proc = paav("-m", "broken", "a cat playing piano")
+    assert_user_error(proc, "missing from this install", "reinstall paav")
+    assert "{paav}" not in proc.stderr  # the real path, where the user can look
