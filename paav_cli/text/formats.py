@@ -4,12 +4,12 @@ Three formats:
 - `completion`: the few-shot header and one "Prompt:/Description:" pair, no examples; for base models
   fine-tuned on that layout (the default booster's adapter). The output is forced to begin with the
   user's prompt, as in `fewshot`, and the prompt is ~40 tokens instead of ~450.
-- `fewshot`: completion style for small base models without a chat template (the default booster).
+- `fewshot`: completion style for small base models without a chat template (`default-fewshot`).
   The output is forced to start with the user's own prompt as its first sentence, which keeps what
   the user asked for (intent similarity 0.66 -> 0.78 at the same speed) and the model only adds
   setting, light and camera detail after it.
 - `chat`: the model's own chat template, with the instruction of the released Prompt-A-Video
-  boosters (paper Table 7) in one user turn. Trained boosters use this.
+  boosters (paper Table 7) in one user turn. Boosters trained on chat models use this.
 
 Training (`train/chat.py`) builds the same text with `completion_parts`, so the two cannot drift.
 """
