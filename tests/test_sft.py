@@ -301,3 +301,16 @@ def test_sft_trains_the_completion_layout_with_checkpoints_every_n_steps(tmp_pat
     assert summary["status"] == "done" and summary["pairs"] == {"train": 4, "eval": 0}
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "sft" / "checkpoints").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-1", "checkpoint-2"]  # 4 pairs, batch 2: one per step
+
+
+def test_without_a_terminal_progress_is_a_plain_line_per_interval(capsys):
+    from paav_cli.train.sft import TrainLog, make_progress
+
+    assert isinstance(make_progress(None), TrainLog)  # pytest's stderr is not a terminal
+    log = TrainLog(every_s=3600)
+    log.start(total=10, done=0)
+    log.update(3, 2.5)  # within the interval: nothing
+    log.update(10, 1.25)
+    log.update(10, 1.25)  # the trainer reports the last step twice: one line
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fine-tuning: step 10/10, loss 1.2500")
