@@ -58,25 +58,26 @@ def truncate_partial_line(path: Path) -> int:
     return len(data) - keep
 
 
+def iter_jsonl(path: Path, fix: str = "fix or remove that line"):
+    """(line number, parsed value) for every non-blank line; a bad line is one sentence ending in `fix`."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"{path} line {number} is not valid JSON; {fix}.") from None
+
+
 def read_journal(path: Path) -> list[dict]:
     """Every complete record of a JSONL journal, after repairing an interrupted last line."""
     path = Path(path)
     if not path.exists():
         return []
     truncate_partial_line(path)
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise UserError(
-                    f"{path} line {number} is not valid JSON; fix or remove that line, "
-                    "or write to another output file."
-                ) from None
-    return records
+    fix = "fix or remove that line, or write to another output file"
+    return [record for _, record in iter_jsonl(path, fix)]
 
 
 class Journal:

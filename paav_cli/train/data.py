@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from paav_cli.errors import UserError
+from paav_cli.runs import iter_jsonl
 
 PAIR_FIELDS = ("source", "target")
 TRIPLE_FIELDS = ("prompt", "chosen", "rejected")
@@ -16,23 +16,16 @@ def _read_records(path: Path, fields: tuple[str, ...], kind: str) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{kind} file {path} does not exist; check the path.")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"{path} line {number} is not valid JSON; fix or remove that line.") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path} line {number} is not a JSON object; each line needs {', '.join(fields)}.")
-            missing = [k for k in fields if not isinstance(record.get(k), str) or not record[k].strip()]
-            if missing:
-                raise UserError(
-                    f"{path} line {number} has no text in {', '.join(repr(m) for m in missing)}; "
-                    f"each line needs {', '.join(fields)}."
-                )
-            records.append(record)
+    for number, record in iter_jsonl(path):
+        if not isinstance(record, dict):
+            raise UserError(f"{path} line {number} is not a JSON object; each line needs {', '.join(fields)}.")
+        missing = [k for k in fields if not isinstance(record.get(k), str) or not record[k].strip()]
+        if missing:
+            raise UserError(
+                f"{path} line {number} has no text in {', '.join(repr(m) for m in missing)}; "
+                f"each line needs {', '.join(fields)}."
+            )
+        records.append(record)
     if not records:
         raise UserError(f"{path} has no {kind}; give a file with one JSON object per line.")
     return records
