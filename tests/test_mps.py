@@ -445,3 +445,125 @@ def test_cli_convert_then_score(tmp_path, videos):
     assert proc.returncode == 0, proc.stderr
     assert "MPS" in proc.stdout
     assert_user_error(paav("models", "convert", "mps", str(tmp_path / "nope.pth")), "does not exist")
+
+
+def test_converter_reads_the_legacy_format(converted, tmp_path):
+    original, clip, _ = converted
+    torch.save(original.state_dict(), tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    out = convert_mps(tmp_path / "old.pt", clip, tmp_path / "mps")
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / WEIGHTS_FILE))
+    key = "cross_model.layers.0.0.fn.to_q.weight"
+    assert torch.equal(saved[key], original.state_dict()[key])
+
+
+def _torchscript_that_writes(path: Path, marker: Path) -> Path:
+    """A TorchScript archive whose __setstate__ runs aten::save on `marker` when it is loaded."""
+    import warnings
+
+    class Writer(nn.Module):
+        def __init__(self, target: str):
+            super().__init__()
+            self.target = target
+            self.w = torch.zeros(2)
+
+        @torch.jit.export
+        def __getstate__(self) -> tuple[str, torch.Tensor, bool]:
+            return (self.target, self.w, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: tuple[str, torch.Tensor, bool]) -> None:
+            self.target, self.w, self.training = state[0], state[1], state[2]
+            torch.save(self.w, self.target)
+
+        def forward(self, x):
+            return x + self.w
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(Writer(str(marker))), str(path))
+        marker.unlink(missing_ok=True)  # scripting runs __setstate__ once itself
+        torch.jit.load(str(path))  # the payload is live: a plain load writes the marker
+    assert marker.exists()
+    marker.unlink()
+    return path
+
+
+def test_torchscript_archive_is_refused_before_it_runs(tmp_path):
+    """torch.load hands TorchScript to torch.jit.load, which runs the archive's code; paav must not."""
+    from conftest import assert_user_error, paav, user_models
+
+    marker = tmp_path / "PWNED"
+    archive = _torchscript_that_writes(tmp_path / "MPS_overall_checkpoint.pth", marker)
+    with pytest.raises(UserError, match="TorchScript") as err:
+        convert_mps(archive, tmp_path / "clip", tmp_path / "mps")
+    assert "\n" not in str(err.value)
+    assert not marker.exists()
+
+    clip = build_tiny_clip_folder(tmp_path / "clip")
+    user_models(tmp_path, f'[rewards.mps-clip]\npath = "{clip}"\nkind = "clip-backbone"\ndims = []\n')
+    assert_user_error(paav("models", "convert", "mps", str(archive)), "refusing to load", "TorchScript")
+    assert not marker.exists()
+
+
+def _checkpoint_declaring(path: Path, numel: int, data: bytes, compress: bool, fill: int = 0) -> Path:
+    """A torch.save-style zip whose only tensor declares `numel` floats, holding `data` (+ `fill` zeros)."""
+    import io
+    import zipfile
+    from collections import OrderedDict
+
+    class _Storage:
+        pass
+
+    class _Tensor:
+        def __reduce__(self):
+            return (torch._utils._rebuild_tensor_v2, (_Storage(), 0, (numel,), (1,), False, OrderedDict()))
+
+    class _Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", numel) if isinstance(obj, _Storage) else None
+
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=2).dump({"model.weight": _Tensor()})
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=method, compresslevel=9) as z:
+        z.writestr("ckpt/data.pkl", buf.getvalue())
+        z.writestr("ckpt/byteorder", "little")
+        z.writestr("ckpt/version", "3\n")
+        with z.open("ckpt/data/0", "w", force_zip64=True) as w:
+            w.write(data)
+            zeros = bytes(16 << 20)
+            for _ in range(fill // len(zeros)):
+                w.write(zeros)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["short", "bomb"])
+def test_declared_storage_is_bounded_by_the_file(tmp_path, kind):
+    """A ~1 MB file naming 1 GiB of storage is refused before anything that size is allocated."""
+    import subprocess
+    import sys
+
+    gib = 1 << 30
+    if kind == "short":  # the pickle declares 1 GiB, the archive holds 1 MB
+        path = _checkpoint_declaring(tmp_path / "c.pth", gib // 4, bytes(1 << 20), compress=False)
+    else:  # the archive really inflates to 1 GiB: deflated zeros
+        path = _checkpoint_declaring(tmp_path / "c.pth", gib // 4, b"", compress=True, fill=gib)
+    assert path.stat().st_size < 2 << 20
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forked (large) pytest process.
+    script = (
+        "import re, sys\n"
+        "from paav_cli.rewards.convert_mps import load_checkpoint\n"
+        "from paav_cli.errors import UserError\n"
+        "try:\n    load_checkpoint(sys.argv[1])\n    print('loaded')\n"
+        "except UserError as e:\n    print(e)\n"
+        "status = open('/proc/self/status').read()\n"
+        "print(int(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)) * 1024)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300)
+    message, peak = proc.stdout.strip().splitlines()
+    assert message.startswith(f"refusing to load {path}"), proc.stdout + proc.stderr
+    assert ("holds 1048576" in message) if kind == "short" else ("more than the file holds" in message)
+    # Importing torch alone is ~0.7 GB here; inflating the storage would add a whole GiB on top.
+    assert int(peak) < gib, f"peak RSS {int(peak) >> 20} MB"

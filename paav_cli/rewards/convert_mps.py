@@ -6,15 +6,24 @@ unpickler: tensors are rebuilt by torch's own functions from an allow-list, ever
 inert stub that only records its pickled state (its module is never imported), and any name from a
 module that can run commands or code (os, subprocess, builtins.eval, ...) stops the load. The stubs are
 then walked as `nn.Module.state_dict()` walks modules (`_parameters`, `_buffers`, `_modules`).
+
+The file is never handed to `torch.load`: it dispatches TorchScript archives to `torch.jit.load`,
+which runs the archive's own code (a `__setstate__` can write files) before any check of ours, and it
+allocates every storage at the size the pickle declares. So the zip (or legacy) container is read
+here, TorchScript archives are refused by their members alone, and a storage is allocated only when
+the file really holds its bytes.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
+import struct
+import sys
 import tempfile
-import types
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -159,15 +168,17 @@ def _allowed(module: str, name: str):
             "_rebuild_parameter": _rebuild_parameter,
             "_rebuild_parameter_with_state": _rebuild_parameter,
         }.get(name)
-    if module == "torch._tensor" and name == "_rebuild_from_type_v2":
+    if module in ("torch._tensor", "torch.tensor") and name == "_rebuild_from_type_v2":
         return _rebuild_from_type_v2
+    if module == "torch" and name.endswith("Storage"):
+        return _storage_type(name)
     if module == "torch" and not name.startswith("_"):
         value = getattr(torch, name, None)
         if isinstance(value, (torch.dtype, torch.memory_format, torch.layout)):
             return value
         if value is torch.Size or value is torch.device:
             return value
-        return None  # storage classes are mapped by torch.load itself, before find_class
+        return None
     if module == "collections" and name == "OrderedDict":
         return OrderedDict
     if module in ("builtins", "__builtin__") and name in SAFE_BUILTINS:
@@ -193,32 +204,198 @@ class RestrictedUnpickler(pickle.Unpickler):
         return _stub(module, name)
 
 
-def _restricted_load(file, **kwargs):
-    return RestrictedUnpickler(file, **kwargs).load()
+class _StorageType:
+    """What a pickled storage class (torch.FloatStorage, ...) stands for: only its element type."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
 
 
-# What torch.load needs of a pickle module: Unpickler (subclassed by torch, which maps storage names
-# itself and calls ours for everything else), load (legacy format), __name__.
-restricted_pickle = types.ModuleType("paav_restricted_pickle")
-restricted_pickle.Unpickler = RestrictedUnpickler
-restricted_pickle.load = _restricted_load
-restricted_pickle.UnpicklingError = pickle.UnpicklingError
+def _storage_type(name: str) -> _StorageType | None:
+    import torch
+
+    if name == "UntypedStorage":
+        return _StorageType(torch.uint8)
+    try:
+        return _StorageType(torch.serialization.StorageType(name).dtype)
+    except (KeyError, AttributeError):
+        return None
+
+
+class _Refused(Exception):
+    """A checkpoint paav will not read; the message completes "refusing to load FILE: ..."."""
+
+
+# --- the containers torch.save writes, read without torch.load -----------------------------------
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+class _StorageReader:
+    """Storages of one checkpoint, each allocated only once the file is known to hold its bytes.
+
+    `budget` is how many bytes the file can hold in all; a pickle declaring more (a 1 MB file naming
+    a 1 GiB storage, or a zip member that inflates far beyond the file) is refused before allocating.
+    """
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.loaded: dict[str, object] = {}
+
+    def parse(self, saved_id, legacy: bool):
+        """(key, dtype, nbytes) of a persistent id, checked."""
+        import torch
+
+        if not isinstance(saved_id, tuple) or not saved_id:
+            raise pickle.UnpicklingError("the checkpoint has a malformed storage reference")
+        typename = saved_id[0].decode("ascii", "replace") if isinstance(saved_id[0], bytes) else saved_id[0]
+        if typename != "storage" or len(saved_id) != (6 if legacy else 5):
+            raise pickle.UnpicklingError(f"the checkpoint refers to a {typename!r} record, not a saved storage")
+        storage_type, key, numel = saved_id[1], saved_id[2], saved_id[4]
+        if legacy and saved_id[5] is not None:
+            raise pickle.UnpicklingError("the checkpoint uses storage views of the pre-1.0 format; re-save it")
+        if not isinstance(storage_type, _StorageType):
+            raise pickle.UnpicklingError("a storage in the checkpoint has no known element type")
+        key = str(key)
+        if not _KEY.fullmatch(key) or not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+            raise pickle.UnpicklingError("a storage in the checkpoint has a malformed key or size")
+        return key, storage_type.dtype, numel * torch._utils._element_size(storage_type.dtype)
+
+    def charge(self, nbytes: int) -> None:
+        if nbytes > self.budget:
+            raise pickle.UnpicklingError(f"it declares {nbytes} bytes of tensor data, more than the file holds")
+        self.budget -= nbytes
+
+    @staticmethod
+    def fill(buffer, stream, nbytes: int) -> None:
+        view = memoryview(buffer.numpy()).cast("B")
+        done = 0
+        while done < nbytes:
+            n = stream.readinto(view[done: min(nbytes, done + (16 << 20))])
+            if not n:
+                raise pickle.UnpicklingError("the checkpoint ends inside a tensor's data")
+            done += n
+
+    @staticmethod
+    def typed(buffer, dtype, swap: bool):
+        import torch
+
+        storage = buffer.untyped_storage()
+        if swap:
+            storage.byteswap(dtype)
+        return torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype, _internal=True)
+
+
+def _unpickler(data, persistent_load) -> RestrictedUnpickler:
+    unpickler = RestrictedUnpickler(data)
+    unpickler.persistent_load = persistent_load
+    return unpickler
+
+
+def _load_zip(path: Path, archive: zipfile.ZipFile):
+    import io
+
+    import torch
+
+    names = archive.namelist()
+    if any(n.rsplit("/", 1)[-1] == "constants.pkl" or "/code/" in f"/{n}" for n in names):
+        raise _Refused("it is a TorchScript archive, whose code runs when it is loaded, not a saved checkpoint")
+    pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pickles) != 1:
+        raise _Refused("it is a zip file but not one written by torch.save (no single <name>/data.pkl)")
+    prefix = pickles[0].removesuffix("data.pkl")
+    infos = {i.filename: i for i in archive.infolist()}
+    # torch.save stores members uncompressed; allowing twice the file keeps odd re-zipped copies
+    # readable while a zip bomb is still refused before it is inflated.
+    reader = _StorageReader(2 * path.stat().st_size)
+    order = infos.get(prefix + "byteorder")
+    byteorder = archive.read(order) if order is not None and order.file_size <= 8 else b"little"
+    if byteorder not in (b"little", b"big"):
+        raise _Refused("its byteorder record is neither little nor big")
+    reader.charge(infos[pickles[0]].file_size)
+
+    def persistent_load(saved_id):
+        key, dtype, nbytes = reader.parse(saved_id, legacy=False)
+        if key in reader.loaded:
+            return reader.loaded[key]
+        info = infos.get(f"{prefix}data/{key}")
+        if info is None:
+            raise pickle.UnpicklingError(f"storage {key} is missing from the archive")
+        if info.file_size != nbytes:
+            raise pickle.UnpicklingError(
+                f"storage {key} declares {nbytes} bytes but the archive holds {info.file_size}"
+            )
+        reader.charge(nbytes)
+        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        with archive.open(info) as stream:
+            reader.fill(buffer, stream, nbytes)
+        reader.loaded[key] = reader.typed(buffer, dtype, swap=byteorder.decode() != sys.byteorder)
+        return reader.loaded[key]
+
+    return _unpickler(io.BytesIO(archive.read(pickles[0])), persistent_load).load()
+
+
+def _load_legacy(path: Path, f):
+    """torch.save's format before PyTorch 1.6: magic, protocol, sys info, the pickle, storage keys, data."""
+    import torch
+
+    def plain():
+        return _unpickler(f, _no_persistent).load()
+
+    if plain() != LEGACY_MAGIC:
+        raise _Refused("it is neither a zip checkpoint nor torch's legacy format (no magic number)")
+    plain(), plain()  # protocol version, sys info
+    reader = _StorageReader(path.stat().st_size)
+    pending: dict[str, tuple] = {}
+
+    def persistent_load(saved_id):
+        if isinstance(saved_id, tuple) and saved_id and saved_id[0] in ("module", b"module"):
+            return saved_id[1]  # the class of a saved module (a stub), with its source text: unused
+        key, dtype, nbytes = reader.parse(saved_id, legacy=True)
+        if key not in reader.loaded:
+            reader.charge(nbytes)
+            buffer = torch.empty(nbytes, dtype=torch.uint8)
+            pending[key] = (buffer, dtype, nbytes)
+            reader.loaded[key] = reader.typed(buffer, dtype, swap=False)
+        return reader.loaded[key]
+
+    result = _unpickler(f, persistent_load).load()
+    keys = plain()
+    if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(pending):
+        raise _Refused("its list of storages does not match the storages its pickle uses")
+    for key in keys:
+        buffer, dtype, nbytes = pending[str(key)]
+        (numel,) = struct.unpack("<q", f.read(8))
+        if numel * torch._utils._element_size(dtype) != nbytes:
+            raise _Refused(f"storage {key} declares {nbytes} bytes but its data holds a different size")
+        reader.fill(buffer, f, nbytes)
+    if sys.byteorder != "little":
+        for buffer, dtype, _ in pending.values():
+            buffer.untyped_storage().byteswap(dtype)
+    return result
+
+
+def _no_persistent(saved_id):
+    raise pickle.UnpicklingError("the checkpoint's header refers to a storage")
 
 
 def load_checkpoint(path: Path):
     """The checkpoint's object graph, with every non-tensor class replaced by a stub."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist; download MPS_overall_checkpoint.pth first.")
     try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return _load_zip(path, archive)
         with open(path, "rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=False, pickle_module=restricted_pickle)
-    except pickle.UnpicklingError as e:
-        raise UserError(f"refusing to load {path}: {e}.") from e
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError, KeyError) as e:
-        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}).") from e
+            return _load_legacy(path, f)
+    except (pickle.UnpicklingError, _Refused) as e:
+        raise UserError(f"refusing to load {path}: {e}.") from None
+    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError, KeyError, IndexError,
+            struct.error, zipfile.BadZipFile, RecursionError, MemoryError) as e:
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}).") from None
 
 
 def _is_module_stub(obj) -> bool:
