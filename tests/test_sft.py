@@ -133,6 +133,47 @@ def test_sft_lowers_eval_loss_and_writes_adapter_and_manifest(tmp_path):
     assert read_manifest(tmp_path / "run")["stages"]["sft"]["status"] == "done"
 
 
+@pytest.mark.parametrize(
+    ("requested", "device", "expected", "noted"),
+    [
+        ("bf16", {"kind": "cpu", "name": "cpu", "bf16": False}, False, True),  # AVX2 only: fp32, said so
+        ("bf16", {"kind": "cpu", "name": "cpu", "bf16": True}, True, False),
+        ("auto", {"kind": "cpu", "name": "cpu", "bf16": True}, False, False),  # auto is fp32 on every CPU
+        ("auto", {"kind": "cuda", "name": "H100", "bf16": True}, True, False),
+        ("bf16", {"kind": "cuda", "name": "T4", "bf16": False}, False, True),
+        ("fp32", {"kind": "cuda", "name": "H100", "bf16": True}, False, False),
+    ],
+)
+def test_training_dtype_follows_what_the_device_computes(requested, device, expected, noted):
+    from paav_cli.train.device import use_bf16
+
+    bf16, note = use_bf16(requested, device)
+    assert bf16 is expected and (note is not None) is noted
+
+
+def test_cpu_bf16_probe_agrees_with_the_cpu_flags():
+    from paav_cli.train.device import cpu_has_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to compare with")
+    flags = set(cpuinfo.read_text().split())
+    assert cpu_has_bf16() == bool(flags & {"avx512_bf16", "amx_tile"})
+
+
+def test_bf16_recipe_on_a_cpu_without_bf16_trains_in_fp32_and_says_so(tmp_path, monkeypatch, capsys):
+    from paav_cli.train import device
+    from paav_cli.train.sft import run_sft
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS[:2])
+    run_sft(pairs, recipe(dtype="bf16", eval_fraction=0.0), tmp_path / "run", progress=False)
+    manifest = json.loads((tmp_path / "run" / "sft" / "manifest.json").read_text())
+    assert manifest["dtype"] == "fp32" and "AVX-512 BF16" in manifest["dtype_note"]
+    assert manifest["hyperparameters"]["bf16"] is False
+    assert "training in fp32" in capsys.readouterr().err
+
+
 def test_sft_memorises_one_pair(tmp_path):
     import torch
     from peft import PeftModel

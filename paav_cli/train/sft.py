@@ -20,6 +20,7 @@ from paav_cli.errors import UserError
 from paav_cli.recipe import Recipe, Sft
 from paav_cli.runs import atomic_write_json, prepare_run_folder, read_manifest, update_manifest
 from paav_cli.train.data import read_pairs, split_held_out
+from paav_cli.train.device import describe_device, use_bf16
 
 # Changing only the number of epochs keeps a run resumable (train longer from its last checkpoint).
 RESUMABLE_CHANGES = {"epochs"}
@@ -128,16 +129,20 @@ def _train(pairs, cfg: Sft, entry, quant, run: Path, fingerprint, *, resume, pro
     train_rows, eval_rows = tokenize_pairs(tokenizer, pairs, cfg)
     out = run / "sft"
     device = describe_device()
+    bf16, note = use_bf16(cfg.dtype, device)
+    if note:
+        print(f"note: {note}.", file=sys.stderr)
     head = {
         **fingerprint_fields(fingerprint), "status": "running", "base": entry.name,
         "base_revision": revision_of(entry), "quant": quant, "device": device,
+        "dtype": "bf16" if bf16 else "fp32", **({"dtype_note": note} if note else {}),
         "pairs": {"train": len(train_rows), "eval": len(eval_rows)},
     }
     atomic_write_json(out / "manifest.json", head)
     update_manifest(run, stages={"sft": {"status": "running"}})
     shutil.rmtree(out / "merged", ignore_errors=True)  # rank/dpo's merge of the old adapter would be stale
     bar = make_progress(progress)
-    trainer = build_trainer(folder, tokenizer, train_rows, eval_rows, cfg, quant, out, bar)
+    trainer = build_trainer(folder, tokenizer, train_rows, eval_rows, cfg, quant, out, bar, bf16=bf16)
     try:
         result = trainer.train(resume_from_checkpoint=True if resume else None)
         trainer.model.save_pretrained(out)
@@ -200,14 +205,6 @@ def tokenize_pairs(tokenizer, pairs: list[dict], cfg: Sft) -> tuple[list[dict], 
     return train, held_out
 
 
-def describe_device() -> dict:
-    import torch
-
-    if torch.cuda.is_available():
-        return {"kind": "cuda", "name": torch.cuda.get_device_name(0), "bf16": torch.cuda.is_bf16_supported()}
-    return {"kind": "cpu", "name": "cpu", "bf16": False}
-
-
 def load_model(folder: Path, quant: str, bf16: bool, gradient_checkpointing: bool):
     import torch
     from transformers import AutoModelForCausalLM
@@ -253,7 +250,8 @@ def sft_config(cfg: Sft, out: Path, has_eval: bool, bf16: bool, gradient_checkpo
     )
 
 
-def build_trainer(folder, tokenizer, train_rows, eval_rows, cfg: Sft, quant, out: Path, bar=None):
+def build_trainer(folder, tokenizer, train_rows, eval_rows, cfg: Sft, quant, out: Path, bar=None, *, bf16=None):
+    """trl's SFTTrainer with paav's LoRA; bf16 None: chosen from the recipe and this device."""
     quiet_training()  # before the imports: importing peft and trl already logs
     from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
@@ -265,7 +263,8 @@ def build_trainer(folder, tokenizer, train_rows, eval_rows, cfg: Sft, quant, out
     device = describe_device()
     gpu = device["kind"] == "cuda"
     checkpointing = cfg.gradient_checkpointing == "on" or (cfg.gradient_checkpointing == "auto" and gpu)
-    bf16 = device["bf16"] if cfg.dtype == "auto" else cfg.dtype == "bf16"
+    if bf16 is None:
+        bf16, _ = use_bf16(cfg.dtype, device)
     model = load_model(folder, quant, bf16, checkpointing)
     lora = LoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
