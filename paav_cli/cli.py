@@ -12,11 +12,53 @@ from enum import Enum
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
 from paav_cli import __version__
 from paav_cli.errors import UserError
 
+class DefaultCommandGroup(TyperGroup):
+    """A command group whose first word, when it is no command of the group, belongs to a default
+    command (as simonw/llm's DefaultGroup): `paav "a cat"` is `paav enhance "a cat"`. A word one typo
+    away from a command (`paav modles`) is refused rather than enhanced as a prompt."""
+
+    default_command = "enhance"
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if not args and not ctx.resilient_parsing and self.default_command == "enhance" and not sys.stdin.isatty():
+            args = ["enhance"]  # prompts piped in with no arguments at all
+        elif args and args[0] not in self.commands and args[0] not in self._own_options(ctx):
+            self._refuse_typo(ctx, args[0])
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+    def _own_options(self, ctx) -> set[str]:
+        names = set(self.get_help_option_names(ctx))
+        for param in self.get_params(ctx):
+            names.update(getattr(param, "opts", ()))
+        return names
+
+    def _refuse_typo(self, ctx, word: str) -> None:
+        import difflib
+
+        if not (word.isascii() and word.replace("-", "").isalpha()):
+            return  # prompts have spaces, capitals or punctuation; command names have none
+        close = difflib.get_close_matches(word.lower(), sorted(self.commands), n=1, cutoff=0.8)
+        if close:
+            raise UserError(
+                f"{word!r} is not a command of `{ctx.command_path}` (did you mean {close[0]!r}?); to enhance it "
+                f"as a prompt, run: paav enhance {word}"
+            )
+
+
+class EvolveGroup(DefaultCommandGroup):
+    """`paav evolve PROMPTS ...` is `paav evolve run PROMPTS ...`."""
+
+    default_command = "run"
+
+
 app = typer.Typer(
+    cls=DefaultCommandGroup,
     name="paav",
     help="Turn short text-to-video prompts into the long, camera-aware prompts video models render best.",
     no_args_is_help=True,
@@ -27,6 +69,7 @@ app = typer.Typer(
 models_app = typer.Typer(help="The model registry: list, locate and download models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 evolve_app = typer.Typer(
+    cls=EvolveGroup,
     help="Reward-guided prompt evolution: make training pairs (paav evolve PROMPTS --recipe R --run DIR).",
     no_args_is_help=True,
 )
@@ -66,6 +109,13 @@ def _progress(total: int):
     return BatchProgress(total) if total > 1 and stderr_is_terminal() else None
 
 
+def _temperature(value: float | None) -> float | None:
+    # Not min/max: a range check lets nan through to say "should be less than or equal to 2".
+    if value is not None and not 0.0 <= value <= 2.0:
+        raise typer.BadParameter(f"{value} is not a number from 0 to 2 (0 is greedy)")
+    return value
+
+
 @app.command()
 def enhance(
     prompt: str | None = typer.Argument(None, help="The prompt to enhance (or use -i for a file)."),
@@ -75,7 +125,7 @@ def enhance(
     n: int = typer.Option(1, "-n", min=1, max=64, help="Variants per prompt."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Seed for reproducible output (random when absent)."),
     temperature: float | None = typer.Option(
-        None, "--temperature", min=0.0, max=2.0,
+        None, "--temperature", callback=_temperature,
         help="Sampling temperature; 0 is greedy. Default: 0 for one variant (the most faithful), 0.8 with -n > 1.",
     ),
     max_tokens: int = typer.Option(200, "--max-tokens", min=1, max=2048, help="Most tokens generated per prompt."),
@@ -521,40 +571,49 @@ def _print_stages(run: str, as_json: bool = False) -> None:
     Console().print(table)
 
 
-COMMANDS = {"enhance", "models", "render", "score", "evolve", "sft", "rank", "dpo", "merge", "export", "run", "runs",
-            "eval"}
-ROOT_OPTIONS = {"--help", "-h", "--version"}
+def main(argv: list[str] | None = None) -> int:
+    """Run the `paav` command line on `argv` (default: sys.argv[1:]) and return its exit code.
 
-
-def _with_default_command(argv: list[str]) -> list[str]:
-    """Insert `enhance` when the first argument is not a command or a root option, and `run` after
-    `evolve` when what follows is not one of its subcommands (`paav evolve PROMPTS ...`)."""
-    if len(argv) >= 2 and argv[0] == "evolve" and argv[1] not in ("run", "merge", "--help", "-h"):
-        return ["evolve", "run", *argv[1:]]
-    if argv and argv[0] not in COMMANDS and argv[0] not in ROOT_OPTIONS:
-        return ["enhance", *argv]
-    if not argv and not sys.stdin.isatty():
-        return ["enhance"]  # prompts piped in with no arguments at all
-    return argv
-
-
-def main() -> None:
+    Every user mistake, paav's own (UserError) or Click's (a bad option value, an unknown option),
+    is one line on stderr and exit code 2.
+    """
     import logging
 
     # bitsandbytes (imported by peft, trl, sentence-transformers) warns about an optional kernel
     # package on every CPU; paav reports what matters itself.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    argv = _with_default_command(sys.argv[1:])
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, prog_name="paav")
+        code = app(args=args, prog_name="paav", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return e.exit_code
+    except typer.TyperException as e:  # Click's errors (typer vendors Click): bad options and values
+        if type(e).__name__ == "NoArgsIsHelpError":
+            return 0  # `paav models` alone: the help is already printed, and asking for it is no error
+        print(f"error: {click_error(e)}", file=sys.stderr)
+        return 2
+    except typer.Abort:
+        print("\ninterrupted.", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # `paav -i big.txt | head` closes the pipe early: not an error.
         sys.stderr.close()
-        sys.exit(0)
+        return 0
+
+
+def one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def click_error(e) -> str:
+    """Click's message as paav's one sentence: what is wrong, then where the options are listed."""
+    message = one_line(e.format_message()).rstrip(".")
+    ctx = getattr(e, "ctx", None)
+    where = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+    return f"{message}{where}."
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

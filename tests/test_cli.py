@@ -1,0 +1,56 @@
+"""The command line's dispatch, in process: the default command, typos of commands, Click's option errors
+as paav's one sentence."""
+
+from __future__ import annotations
+
+import pytest
+
+from paav_cli import cli
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "suggested"),
+    [(["modles"], "'models'"), (["evlove", "p.txt"], "'evolve'"), (["enhace", "a cat"], "'enhance'"),
+     (["evolve", "merg", "a", "-o", "b"], "'merge'")],
+)
+def test_a_mistyped_command_is_refused_with_the_command_it_resembles(argv, suggested, capsys):
+    assert cli.main(argv) == 2
+    line = one_error_line(capsys)
+    assert f"did you mean {suggested}" in line and "paav enhance" in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["-n", "0", "a cat"], "'-n'"),
+        (["--threads", "0", "a cat"], "'--threads'"),
+        (["--bogus", "a cat"], "--bogus"),
+        (["--temperature", "nan", "a cat"], "nan is not a number from 0 to 2"),
+        (["--temperature", "3", "a cat"], "3.0 is not a number from 0 to 2"),
+        (["render", "a cat"], "--generator"),
+        (["models", "pull"], "Missing argument"),
+    ],
+)
+def test_option_errors_are_one_sentence_and_exit_code_2(argv, fragment, capsys):
+    assert cli.main(argv) == 2
+    line = one_error_line(capsys)
+    assert fragment in line and line.endswith("--help`.")
+
+
+def test_a_one_word_prompt_is_still_enhanced(capsys):
+    assert cli.main(["-m", "tiny", "--max-tokens", "8", "lighthouse"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip()
+
+
+def test_a_group_without_its_command_prints_its_help(capsys):
+    assert cli.main(["models"]) == 0
+    assert "pull" in capsys.readouterr().out
