@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,7 +151,7 @@ def test_cli_renders_into_a_folder_and_reruns_from_cache(tmp_path):
     proc = paav(*args)
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [r["path"] for r in records] == [str(out / "1.mp4"), str(out / "2.mp4")]
+    assert [r["path"] for r in records] == [str(out / f"{i}-{r['key'][:12]}.mp4") for i, r in enumerate(records, 1)]
     assert all(r["frames"] == 9 for r in records)
     cached = paths.renders_dir() / f"{records[0]['key']}.mp4"
     stamp = cached.stat().st_mtime_ns
@@ -172,3 +174,70 @@ def test_cli_bad_render_input(args, fragments):
     assert_user_error(paav(*args), *fragments)
     after = set(paths.renders_dir().iterdir()) if paths.renders_dir().exists() else set()
     assert after == before
+
+
+def test_a_second_render_into_the_same_folder_keeps_the_first(tmp_path):
+    out = tmp_path / "videos"
+    first = paav("render", "a cat playing piano", "-g", "tiny-wan", "-o", str(out), "--json")
+    assert first.returncode == 0, first.stderr
+    [kept] = [json.loads(line) for line in first.stdout.splitlines()]
+    frames = read_frames(kept["path"])
+    second = paav("render", "a dog in the snow", "-g", "tiny-wan", "-o", str(out), "--json")
+    assert second.returncode == 0, second.stderr
+    [other] = [json.loads(line) for line in second.stdout.splitlines()]
+    assert other["path"] != kept["path"]
+    assert np.array_equal(read_frames(kept["path"]), frames)  # the first video is still the cat
+    assert len(list(out.iterdir())) == 2
+    again = paav("render", "a cat playing piano", "-g", "tiny-wan", "-o", str(out), "--json")
+    assert json.loads(again.stdout)["path"] == kept["path"]  # stable: the same request, the same name
+
+
+LONG = "x" * 80
+CLASHING_IDS = ["a/b", "a_b", "a:b", ".", "..", "", "_", "video", LONG + "1", LONG + "2", LONG,
+                "../escape", "/etc/passwd", "nul\x00byte"]
+
+
+def test_ids_that_sanitise_alike_get_distinct_files_inside_the_folder(tmp_path):
+    source = tmp_path / "ids.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "prompt": "a lighthouse at night"}) + "\n" for i in CLASHING_IDS))
+    out = tmp_path / "videos"
+    proc = paav("render", "-i", str(source), "-g", "tiny-wan", "-o", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(records) == len(CLASHING_IDS)
+    files = sorted(out.iterdir())
+    assert len(files) == len(CLASHING_IDS)  # one file per id: none overwrote another
+    assert {Path(r["path"]) for r in records} == set(files)
+    assert all(f.parent == out and not f.name.startswith(".") for f in files)
+    assert str(out / "a_b.mp4") in {r["path"] for r in records}  # a safe id keeps its own name
+    assert not (tmp_path / "escape.mp4").exists()
+    rerun = paav("render", "-i", str(source), "-g", "tiny-wan", "-o", str(out), "--json")
+    assert rerun.stdout == proc.stdout and sorted(out.iterdir()) == files
+
+
+def test_file_names_stay_short_enough_for_the_file_system():
+    from paav_cli.video.batch import output_name
+
+    key = "0" * 64
+    for rid in ("\U0001d400" * 300, "猫" * 300, "a" * 1000):
+        assert len(output_name(rid, key).encode()) + len(".mp4") <= 255
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (("--height", "100000", "--width", "100000"), ("at most 32x32", "got 100000x100000")),
+        (("--width", "48"), ("at most 32x32", "got 16x48")),
+        (("--frames", "100001"), ("at most 17 frames", "got 100001")),
+    ],
+)
+def test_sizes_beyond_the_generator_are_refused_with_the_limit(args, fragments):
+    start = time.monotonic()
+    assert_user_error(paav("render", "a cat", "-g", "tiny-wan", *args), *fragments)
+    assert time.monotonic() - start < 60
+
+
+def test_twice_the_default_still_renders():
+    entry = Registry.load().get("tiny-wan")
+    settings = resolve_job(entry, RenderJob("a cat", height=32, width=32, frames=17), "fp32")
+    assert (settings.height, settings.width, settings.frames) == (32, 32, 17)
