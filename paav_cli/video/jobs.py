@@ -15,6 +15,11 @@ DTYPES = ("bf16", "fp16", "fp32")
 # Height and width must be multiples of these (VAE downsampling x transformer patch size).
 SIZE_MULTIPLE = {"cogvideox": 16, "wan": 16, "ltx": 32, "hunyuanvideo": 16, "stable-diffusion": 8}
 
+# The most a request may ask of a generator, as a multiple of its registered default (each of height,
+# width and frames). Memory grows with their product, and no model renders well far from the size it
+# was trained at: `--height 100000 --width 100000` once grew to 22 GB before the kernel killed it.
+MAX_SCALE = 2
+
 
 @dataclass(frozen=True)
 class RenderJob:
@@ -77,6 +82,13 @@ def resolve_job(entry: GeneratorEntry, job: RenderJob, dtype: str) -> RenderSett
     frames = job.frames if job.frames is not None else entry.frames
     if entry.output == "image" and frames != 1:
         raise UserError(f"{entry.name} makes images, so --frames must be 1 (got {frames}).")
+    most_frames = max((f for f in range(1, MAX_SCALE * entry.frames + 1) if frame_rule_allows(entry.frame_rule, f)),
+                      default=entry.frames)
+    if frames > most_frames:
+        raise UserError(
+            f"{entry.name} renders at most {most_frames} frames (up to {MAX_SCALE}x its default of {entry.frames}); "
+            f"got {frames}."
+        )
     if not frame_rule_allows(entry.frame_rule, frames):
         options = " or ".join(str(f) for f in nearest_allowed(entry.frame_rule, frames))
         raise UserError(
@@ -84,8 +96,14 @@ def resolve_job(entry: GeneratorEntry, job: RenderJob, dtype: str) -> RenderSett
         )
     height = job.height or entry.height
     width = job.width or entry.width
+    most_h, most_w = MAX_SCALE * entry.height, MAX_SCALE * entry.width
+    if height > most_h or width > most_w:
+        raise UserError(
+            f"{entry.name} renders at most {most_h}x{most_w} pixels (height x width, {MAX_SCALE}x its default of "
+            f"{entry.height}x{entry.width}); got {height}x{width}."
+        )
     multiple = SIZE_MULTIPLE.get(entry.family, 8)
-    if height % multiple or width % multiple:
+    if height % multiple or width % multiple or min(height, width) < multiple:
         raise UserError(
             f"{entry.name} needs height and width that are multiples of {multiple} (got {height}x{width})."
         )
