@@ -19,7 +19,11 @@ def _status(entry: registry.ModelEntry) -> str:
 
 
 def rows(role: str | None = None) -> list[dict]:
-    reg = registry.Registry.load()
+    reg = registry.Registry.load(keep_going=True)
+    if reg.problem:
+        import sys
+
+        print(f"warning: {reg.problem} (listing the built-in models only)", file=sys.stderr)
     roles = [role] if role else list(registry.ROLES)
     for r in roles:
         if r not in registry.ROLES:

@@ -14,12 +14,13 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import re
 import shutil
 import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from paav_cli import paths
 from paav_cli.errors import UserError
@@ -50,6 +51,12 @@ class TextEncoder(BaseModel):
 SOURCES = ("hub", "package", "path", "url", "builder", "from_gguf")
 
 
+def _check_inside(relative: str) -> None:
+    parts = relative.replace("\\", "/").split("/")
+    if not relative or relative.startswith("/") or ":" in parts[0] or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"{relative!r} must be a relative path inside the model's folder (no '..')")
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -77,6 +84,30 @@ class ModelEntry(BaseModel):
     sha256: dict[str, str] = {}
 
     defined_in: str = ""
+
+    # `file`, the sha256 keys and `package` are joined to cache folders; none may point outside them.
+    @field_validator("file")
+    @classmethod
+    def _file_inside(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_inside(value)
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _pins(cls, value: dict[str, str]) -> dict[str, str]:
+        for filename, digest in value.items():
+            _check_inside(filename)
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+                raise ValueError(f"the pin of {filename!r} is not a sha256 (64 hex digits)")
+        return value
+
+    @field_validator("package")
+    @classmethod
+    def _module_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", value):
+            raise ValueError(f"{value!r} is not a Python module name")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelEntry:
@@ -163,13 +194,39 @@ ENTRY_CLASSES = {
 
 
 def _read_toml(path: Path) -> dict:
+    if path.is_dir():
+        raise UserError(f"model registry {path} is a folder, not a TOML file; point PAAV_MODELS at a models.toml.")
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        # utf-8-sig: editors on Windows save TOML with a byte-order mark, which tomllib rejects.
+        return tomllib.loads(path.read_bytes().decode("utf-8-sig"))
     except FileNotFoundError:
         raise UserError(f"model registry {path} does not exist; create it or unset PAAV_MODELS.") from None
+    except OSError as e:
+        raise UserError(f"model registry {path} cannot be read ({e.strerror or e}); check the file.") from None
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"model registry {path} is not UTF-8 text (byte {e.start}); save it as UTF-8."
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"model registry {path} is not valid TOML ({e}); fix that line.") from None
+
+
+# Names become folder names in the cache (`<cache>/models/<name>`), so they must not climb out of it.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _check_name(name: str, role: str, origin: Path) -> None:
+    if not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise UserError(
+            f"{origin}: model name {name!r} in [{role}] is not allowed; use letters, digits, '.', '_' and '-' "
+            "(not starting with '.' and without '..')."
+        )
+
+
+def _toml_type(value) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _parse_entries(data: dict, origin: Path) -> dict[str, ModelEntry]:
@@ -179,7 +236,17 @@ def _parse_entries(data: dict, origin: Path) -> dict[str, ModelEntry]:
             raise UserError(
                 f"{origin}: unknown section [{role}]; the roles are {', '.join(ROLES)}."
             )
+        if not isinstance(table, dict):
+            raise UserError(
+                f"{origin}: {role} is {_toml_type(table)}, not a section of [{role}.NAME] entries; fix that line."
+            )
         for name, fields in table.items():
+            _check_name(name, role, origin)
+            if not isinstance(fields, dict):
+                raise UserError(
+                    f"{origin}: [{role}] {name} is {_toml_type(fields)}, not an entry; write its settings "
+                    f"under [{role}.{name}]."
+                )
             try:
                 entry = ENTRY_CLASSES[role].model_validate(
                     {**fields, "name": name, "role": role, "defined_in": str(origin)}
@@ -187,9 +254,8 @@ def _parse_entries(data: dict, origin: Path) -> dict[str, ModelEntry]:
             except ValidationError as e:
                 err = e.errors()[0]
                 where = ".".join(str(p) for p in err["loc"]) or "entry"
-                raise UserError(
-                    f"{origin}: [{role}.{name}] {where}: {err['msg']}; fix that entry."
-                ) from None
+                msg = err["msg"].removeprefix("Value error, ")
+                raise UserError(f"{origin}: [{role}.{name}] {where}: {msg}; fix that entry.") from None
             if entry.path and not entry.path.startswith("{cache}") and not Path(entry.path).expanduser().is_absolute():
                 entry.path = str((origin.parent / entry.path).resolve())
             entries[name] = entry
@@ -212,13 +278,25 @@ class Registry:
                     )
                 self.entries[name] = entry  # a user entry overrides a built-in one of the same name
 
+    problem: str | None = None  # why the user's file was left out (load(keep_going=True) only)
+
     @classmethod
-    def load(cls) -> Registry:
+    def load(cls, *, keep_going: bool = False) -> Registry:
+        """The built-in registry extended by the user's file. A broken user file is a UserError, or with
+        `keep_going` (for `paav models list`, the command that helps find the mistake) it is left out
+        and `problem` says why."""
         files = [BUILTIN_MODELS]
         user = paths.user_models_file()
         if user.exists() or "PAAV_MODELS" in os.environ:
             files.append(user)
-        return cls(files)
+        try:
+            return cls(files)
+        except UserError as e:
+            if not keep_going or len(files) == 1:
+                raise
+            reg = cls(files[:1])
+            reg.problem = str(e)
+            return reg
 
     def get(self, name: str, role: str | None = None) -> ModelEntry:
         entry = self.entries.get(name)

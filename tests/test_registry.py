@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from conftest import assert_user_error, paav, user_models
@@ -126,3 +127,60 @@ def test_verify_sha256_catches_a_changed_file(tmp_path):
     (tmp_path / "w.bin").write_bytes(b"evil")
     with pytest.raises(UserError, match="sha256"):
         registry.verify_sha256(entry, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["../../escaped", ".hidden", "a/b", "x..y", "sp ace", ""])
+def test_unsafe_model_names_are_refused(tmp_path, name):
+    """Names become cache folders (<cache>/models/<name>): one like ../../x must not build outside it."""
+    user_models(tmp_path, f'[boosters."{name}"]\nbuilder = "tiny"\nfile = "tiny-booster.gguf"\nprompt_format = "fewshot"\n')
+    cache = tmp_path / "cache"
+    proc = paav("models", "path", name or "x", env={"PAAV_CACHE": str(cache)})
+    assert_user_error(proc, "models.toml", f"model name {name!r} in [boosters] is not allowed")
+    assert not (tmp_path / "escaped").exists() and not (cache / "escaped").exists()
+
+
+@pytest.mark.parametrize("field, fragment", [
+    ('builder = "tiny"\nfile = "../../tiny-booster.gguf"', "file: '../../tiny-booster.gguf' must be a relative path"),
+    ('builder = "tiny"\nfile = "/tmp/tiny-booster.gguf"', "must be a relative path"),
+    ('package = "../pkg"\nfile = "w.gguf"', "package: '../pkg' is not a Python module name"),
+    ('package = "pkg"\nfile = "w.gguf"\nsha256 = { "../w.gguf" = "' + "0" * 64 + '" }', "sha256: '../w.gguf' must be"),
+    ('package = "pkg"\nfile = "w.gguf"\nsha256 = { "w.gguf" = "abc" }', "is not a sha256"),
+])
+def test_paths_inside_an_entry_stay_in_its_folder(tmp_path, field, fragment):
+    user_models(tmp_path, f"[boosters.x]\n{field}\nprompt_format = 'fewshot'\n")
+    with pytest.raises(UserError, match=re.escape(fragment)) as err:
+        registry.Registry.load()
+    assert "\n" not in str(err.value) and "[boosters.x]" in str(err.value)
+
+
+@pytest.mark.parametrize("data, fragment", [
+    (b"boosters = 5\n", "boosters is a number, not a section of [boosters.NAME] entries"),
+    (b"[boosters]\nx = 5\n", "[boosters] x is a number, not an entry; write its settings under [boosters.x]"),
+    (b"[boosters.x]\npath = 'caf\xe9.gguf'\n", "is not UTF-8 text"),
+    (b"[boosters.x\n", "is not valid TOML"),
+])
+def test_broken_user_registry_is_one_sentence_for_every_command(tmp_path, data, fragment):
+    path = user_models(tmp_path, "")
+    path.write_bytes(data)
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        registry.Registry.load()
+    assert_user_error(paav("models", "path", "tiny"), str(path), fragment)
+    assert_user_error(paav("enhance", "-m", "tiny", "a cat"), str(path), fragment)
+    # `models list` is where a user looks for the mistake: it lists the built-ins and says what is wrong.
+    listed = paav("models", "list", "--json")
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    assert fragment in listed.stderr and str(path) in listed.stderr
+    assert "default" in {json.loads(line)["name"] for line in listed.stdout.splitlines()}
+
+
+def test_a_folder_as_paav_models_is_one_sentence(tmp_path):
+    folder = tmp_path / "models.d"
+    folder.mkdir()
+    assert_user_error(paav("models", "path", "tiny", env={"PAAV_MODELS": str(folder)}),
+                      f"model registry {folder} is a folder")
+
+
+def test_user_registry_with_a_byte_order_mark_is_read(tmp_path):
+    path = user_models(tmp_path, "")
+    path.write_bytes(b"\xef\xbb\xbf[boosters.mine]\npath = 'mine.gguf'\nprompt_format = 'chat'\n")
+    assert registry.Registry.load().get("mine").prompt_format == "chat"
