@@ -18,7 +18,9 @@ RECIPES_DIR = Path(__file__).with_name("recipes")  # a link to the repository's 
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and nan parse as TOML floats, and would train with an infinite learning rate or never pass a
+    # threshold; no setting of a recipe means either.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Models(Section):
@@ -166,7 +168,12 @@ def resolve_recipe_path(name_or_path: str) -> Path:
 def load_recipe(name_or_path: str) -> Recipe:
     path = resolve_recipe_path(name_or_path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (Windows editors) is not part of the TOML.
+        data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+    except OSError as e:
+        raise UserError(f"recipe {path} cannot be read ({e.strerror or e}); check the file.") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"recipe {path} is not UTF-8 text (byte {e.start}); save it as UTF-8.") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"recipe {path} is not valid TOML ({e}); fix that line.") from None
     try:
