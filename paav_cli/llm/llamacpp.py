@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from contextlib import contextmanager
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,9 +131,20 @@ class LlamaCppModel:
     # ------------------------------------------------------------------ contexts
 
     def _load_lora(self, lora_path: Path) -> None:
-        adapter = llama_cpp.llama_adapter_lora_init(self._model.model, str(lora_path).encode("utf-8"))
-        if adapter is None:
-            raise UserError(f"{lora_path} is not a GGUF LoRA adapter for {self.path.name}; export it again.")
+        if not lora_path.is_file():
+            raise UserError(f"LoRA adapter {lora_path} does not exist; check the path.")
+        errors: list[str] = []
+        with _llama_errors(errors):
+            adapter = llama_cpp.llama_adapter_lora_init(self._model.model, str(lora_path).encode("utf-8"))
+        # A refused file is a NULL pointer, which ctypes hands back as a falsy pointer object, not None:
+        # taken for an adapter, it crashed the process on the first decode.
+        if not adapter:
+            reason = errors[-1].split("failed to apply lora adapter:")[-1].strip().rstrip(".") if errors else ""
+            why = f" (llama.cpp: {reason})" if reason else ""
+            raise UserError(
+                f"{lora_path} is not a LoRA adapter that fits {self.path.name}{why}; give an adapter exported "
+                "for this base with `paav export --lora`."
+            )
         self._lora = adapter
 
     def _context(self, n_seq: int, n_ctx_seq: int) -> _internals.LlamaContext:
@@ -401,6 +413,24 @@ class LlamaCppModel:
             self._ctx.close()
             self._ctx = None
         self._model.close()
+
+
+@contextmanager
+def _llama_errors(into: list[str]):
+    """Collect llama.cpp's error lines meanwhile: it says why it refuses a file only in its log
+    (wrong general.type, another architecture, a tensor of the wrong shape)."""
+    from llama_cpp import _logger
+
+    @llama_cpp.llama_log_callback
+    def collect(level: int, text: bytes, user_data) -> None:
+        if level == 4:  # GGML_LOG_LEVEL_ERROR (llama-cpp-python's table still says 3, an older ggml's)
+            into.append(text.decode("utf-8", errors="replace").strip())
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def _quiet_llama_logs(verbose: bool) -> None:
