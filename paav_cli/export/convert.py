@@ -2,7 +2,8 @@
 
 What llama.cpp's `convert_hf_to_gguf.py` does for Llama, Qwen2 and Gemma 3, written for paav with
 the `gguf` package: hyperparameters from config.json, the tokenizer (byte-level BPE as "gpt2", a
-SentencePiece `tokenizer.model` as "llama"), the chat template, then every tensor renamed and
+SentencePiece `tokenizer.model` as "llama", Gemma's tokenizer.json alone as "gpt2" with llama.cpp's
+"gemma4" pre-tokenizer), the chat template, then every tensor renamed and
 transformed (`names.py`) and written one at a time.
 
 Memory: tensors are read straight from the safetensors files with `numpy.fromfile`, one at a time,
@@ -358,37 +359,113 @@ def _add_tokenizer(w: gguf.GGUFWriter, src: Source, n_vocab: int) -> None:
     tj = json.loads(tj_file.read_text(encoding="utf-8")) if tj_file.is_file() else None
     model = (tj or {}).get("model") or {}
     byte_level = model.get("type") == "BPE" and _has_byte_level(tj.get("pre_tokenizer") if tj else None)
+    merges = True
     if byte_level:
-        _add_bpe_vocab(w, src, tj, n_vocab)
+        _add_bpe_vocab(w, src, tj, n_vocab, _pre_type(src, tj["pre_tokenizer"]))
     elif spm_file.is_file():
         _add_spm_vocab(w, src, tj, n_vocab)
+        merges = False
+    elif tj is not None and src.arch == gguf.MODEL_ARCH.GEMMA3 and _is_gemma_bpe(tj):
+        # As llama.cpp's converter does for a Gemma without tokenizer.model; "gemma4" is llama.cpp's
+        # name for this SentencePiece-style BPE (its checksum calls Gemma 3's by an alias).
+        _add_bpe_vocab(w, src, tj, n_vocab, "gemma4")
     else:
-        raise UserError(f"{folder} has neither a byte-level BPE tokenizer.json nor a SentencePiece "
-                        "tokenizer.model; paav cannot export its tokenizer.")
-    special = gguf.SpecialVocab(folder, load_merges=byte_level, special_token_types=("bos", "eos", "unk", "pad"),
+        raise UserError(f"{folder} has neither a byte-level BPE tokenizer.json, Gemma's tokenizer.json nor a "
+                        "SentencePiece tokenizer.model; paav cannot export its tokenizer.")
+    special = gguf.SpecialVocab(folder, load_merges=merges, special_token_types=("bos", "eos", "unk", "pad"),
                                 n_vocab=n_vocab)
     special.add_special_token = {k: v for k, v in special.add_special_token.items() if k in ("bos", "eos")}
-    _add_generation_eos(special, folder)
-    special.add_to_gguf(w, quiet=True)
+    _add_end_of_turn(special, folder)
     # Say it either way: llama.cpp's default is false for BPE, true for SentencePiece. Unknown here
     # means the HF tokenizer adds nothing (no template, no add_bos_token).
-    w.add_add_bos_token(bool(special.add_special_token.get("bos", False)))
-    if "eos" not in special.add_special_token:
-        w.add_add_eos_token(False)
+    special.add_special_token.setdefault("bos", False)
+    special.add_special_token.setdefault("eos", False)
+    special.add_to_gguf(w, quiet=True)
 
 
-def _add_generation_eos(special: gguf.SpecialVocab, folder: Path) -> None:
-    """A chat model's extra stop token (Gemma's <end_of_turn>) as llama.cpp's end-of-turn token."""
-    gen = folder / "generation_config.json"
-    if not gen.is_file() or "eot" in special.special_token_ids:
+# Texts of end-of-turn tokens, as llama.cpp recognises them when a file names none.
+END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
+
+
+def _add_end_of_turn(special: gguf.SpecialVocab, folder: Path) -> None:
+    """The token that ends a chat turn, found by its text, as llama.cpp finds it.
+
+    A generation config lists every stop id without saying which ends a turn (Llama-3-Instruct's
+    starts with <|end_of_text|>, Qwen2.5's second is <|endoftext|>), so its ids only decide
+    between the known end-of-turn texts the tokenizer has, together with the chat template.
+    """
+    if "eot" in special.special_token_ids:
         return
-    ids = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
-    ids = ids if isinstance(ids, list) else [ids]
-    extra = [i for i in ids if isinstance(i, int) and i != special.special_token_ids.get("eos")]
-    if extra and (special.n_vocab is None or extra[0] < special.n_vocab):
-        special.special_token_ids["eot"] = extra[0]
-        if "eos" not in special.special_token_ids and len(ids) == 1:
-            special.special_token_ids["eos"] = extra[0]
+    texts = _token_texts(folder)
+    gen = folder / "generation_config.json"
+    stop_ids = []
+    if gen.is_file():
+        ids = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
+        stop_ids = [i for i in (ids if isinstance(ids, list) else [ids]) if isinstance(i, int)]
+        if "eos" not in special.special_token_ids and len(stop_ids) == 1:
+            special.special_token_ids["eos"] = stop_ids[0]
+    template = _chat_template_text(folder)
+    for text in END_OF_TURN:
+        token = texts.get(text)
+        if token is None or (special.n_vocab is not None and token >= special.n_vocab):
+            continue
+        if text in template or token in stop_ids:
+            special.special_token_ids["eot"] = token
+            return
+
+
+def _token_texts(folder: Path) -> dict[str, int]:
+    """Added-token text -> id (where special tokens live), from tokenizer.json or tokenizer_config.json."""
+    out: dict[str, int] = {}
+    tj = folder / "tokenizer.json"
+    if tj.is_file():
+        for a in json.loads(tj.read_text(encoding="utf-8")).get("added_tokens", []):
+            out[a["content"]] = a["id"]
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        for i, a in (json.loads(config.read_text(encoding="utf-8")).get("added_tokens_decoder") or {}).items():
+            out.setdefault(a.get("content"), int(i))
+    return out
+
+
+def _chat_template_text(folder: Path) -> str:
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    config = folder / "tokenizer_config.json"
+    template = json.loads(config.read_text(encoding="utf-8")).get("chat_template") if config.is_file() else None
+    if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
+        template = " ".join(str(t.get("template", "")) for t in template if isinstance(t, dict))
+    return template if isinstance(template, str) else ""
+
+
+def _looks_special(text: str) -> bool:
+    """llama.cpp's converter's test for added tokens that are control tokens whatever their flag says."""
+    return (text in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+            or (text.startswith("<|") and text.endswith("|>"))
+            or (text.startswith("<\uff5c") and text.endswith("\uff5c>"))
+            or (text.startswith("<unused") and text.endswith(">")))
+
+
+def _added_type(text: str, special: bool) -> tuple[str, gguf.TokenType]:
+    """(text as llama.cpp must store it, type) for an added token.
+
+    llama.cpp matches user-defined tokens against the raw text, before its own space escaping,
+    so a SentencePiece '▁' in one must be written as the space it stands for.
+    """
+    if special or _looks_special(text):
+        return text, gguf.TokenType.CONTROL
+    return text.replace("\u2581", " "), gguf.TokenType.USER_DEFINED
+
+
+def _is_gemma_bpe(tj: dict) -> bool:
+    """Gemma's SentencePiece-style BPE tokenizer.json: spaces become '▁', byte fallback, no other split."""
+    model = tj.get("model") or {}
+    normalizer = tj.get("normalizer")
+    pre = tj.get("pre_tokenizer")
+    split_on_space = {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": False}
+    return (model.get("type") == "BPE" and model.get("byte_fallback") is True
+            and normalizer == {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+            and pre in (None, split_on_space))
 
 
 def _has_byte_level(pre) -> bool:
@@ -417,11 +494,10 @@ def _pre_type(src: Source, pre: dict) -> str:
                     "(GPT-2, Llama 3, Qwen2); the GGUF would tokenize differently.")
 
 
-def _add_bpe_vocab(w: gguf.GGUFWriter, src: Source, tj: dict, n_vocab: int) -> None:
-    if tj.get("normalizer") not in (None, {"type": "NFC"}):
+def _add_bpe_vocab(w: gguf.GGUFWriter, src: Source, tj: dict, n_vocab: int, pre: str) -> None:
+    if pre != "gemma4" and tj.get("normalizer") not in (None, {"type": "NFC"}):
         raise UserError(f"{src.folder}: its tokenizer normalizes text ({tj['normalizer'].get('type')}), "
                         "which llama.cpp's BPE tokenizer does not; it cannot be exported faithfully.")
-    pre = _pre_type(src, tj["pre_tokenizer"])
     vocab: dict[str, int] = tj["model"]["vocab"]
     added = {a["id"]: a for a in tj.get("added_tokens", [])}
     size = max([n_vocab - 1, *vocab.values(), *added.keys()]) + 1
@@ -432,8 +508,7 @@ def _add_bpe_vocab(w: gguf.GGUFWriter, src: Source, tj: dict, n_vocab: int) -> N
     for text, i in vocab.items():
         tokens[i], types[i] = text, gguf.TokenType.NORMAL
     for i, a in added.items():
-        tokens[i] = a["content"]
-        types[i] = gguf.TokenType.CONTROL if a.get("special") else gguf.TokenType.USER_DEFINED
+        tokens[i], types[i] = _added_type(a["content"], bool(a.get("special")))
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
@@ -441,30 +516,35 @@ def _add_bpe_vocab(w: gguf.GGUFWriter, src: Source, tj: dict, n_vocab: int) -> N
 
 
 def _add_spm_vocab(w: gguf.GGUFWriter, src: Source, tj: dict | None, n_vocab: int) -> None:
+    """SentencePiece pieces with their scores and types, then the added tokens on top (as llama.cpp's converter)."""
+    from sentencepiece import SentencePieceProcessor
+
+    sp = SentencePieceProcessor()
     try:
-        base = gguf.vocab.SentencePieceVocab(src.folder)
-    except (RuntimeError, OSError, ValueError) as e:
-        raise UserError(f"{src.folder}/tokenizer.model cannot be read ({e}).") from None
-    tokens: list[bytes] = []
-    scores: list[float] = []
-    types: list[int] = []
-    for text, score, kind in base.all_tokens():
-        tokens.append(text)
-        scores.append(score)
-        types.append(kind)
-    if len(tokens) > n_vocab:
-        raise UserError(f"{src.folder}: the tokenizer has {len(tokens)} tokens but the model only {n_vocab}.")
-    for i in range(len(tokens), n_vocab):
-        tokens.append(f"[PAD{i}]".encode())
-        scores.append(-1000.0)
-        types.append(gguf.TokenType.UNUSED)
-    for a in (tj or {}).get("added_tokens", []):  # tokens added on top of the SentencePiece model
-        i = a["id"]
-        if i < n_vocab:
-            tokens[i] = a["content"].encode("utf-8")
-            if types[i] != gguf.TokenType.BYTE:
-                types[i] = gguf.TokenType.CONTROL if a.get("special") else gguf.TokenType.USER_DEFINED
-                scores[i] = -1000.0
+        sp.LoadFromFile(str(src.folder / "tokenizer.model"))
+    except (RuntimeError, OSError) as e:
+        raise UserError(f"{src.folder}/tokenizer.model cannot be read ({e}); download the model again.") from None
+    if sp.vocab_size() > n_vocab:
+        raise UserError(f"{src.folder}: the tokenizer has {sp.vocab_size()} tokens but the model only {n_vocab}.")
+    tokens = [f"[PAD{i}]".encode() for i in range(n_vocab)]
+    scores = [-10000.0] * n_vocab
+    types = [gguf.TokenType.UNUSED] * n_vocab
+    for i in range(sp.vocab_size()):
+        kind = gguf.TokenType.NORMAL
+        if sp.IsUnknown(i):
+            kind = gguf.TokenType.UNKNOWN
+        elif sp.IsControl(i):
+            kind = gguf.TokenType.CONTROL
+        elif sp.IsUnused(i):
+            kind = gguf.TokenType.UNUSED
+        elif sp.IsByte(i):
+            kind = gguf.TokenType.BYTE
+        tokens[i], scores[i], types[i] = sp.IdToPiece(i).encode("utf-8"), sp.GetScore(i), kind
+    for i, text, special in _spm_added_tokens(src.folder, tj):
+        if i >= n_vocab or types[i] == gguf.TokenType.BYTE:
+            continue
+        text, types[i] = _added_type(text, special)
+        tokens[i], scores[i] = text.encode("utf-8"), -1000.0
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
@@ -472,6 +552,28 @@ def _add_spm_vocab(w: gguf.GGUFWriter, src: Source, tj: dict | None, n_vocab: in
     w.add_token_types(types)
     if src.arch == gguf.MODEL_ARCH.GEMMA3:
         w.add_add_space_prefix(False)
+
+
+def _spm_added_tokens(folder: Path, tj: dict | None) -> list[tuple[int, str, bool]]:
+    """(id, text, special) of the tokens added on top of a SentencePiece model.
+
+    added_tokens.json, then tokenizer_config.json's added_tokens_decoder where it exists (what
+    llama.cpp's converter reads), else tokenizer.json's added_tokens (transformers 5 folders).
+    """
+    out: dict[int, tuple[str, bool]] = {}
+    extra = folder / "added_tokens.json"
+    if extra.is_file():
+        for text, i in json.loads(extra.read_text(encoding="utf-8")).items():
+            out[int(i)] = (text, False)
+    config = folder / "tokenizer_config.json"
+    decoder = json.loads(config.read_text(encoding="utf-8")).get("added_tokens_decoder") if config.is_file() else None
+    if decoder:
+        for i, a in decoder.items():
+            out[int(i)] = (a["content"], bool(a.get("special")))
+    else:
+        for a in (tj or {}).get("added_tokens", []):
+            out[int(a["id"])] = (a["content"], bool(a.get("special")))
+    return [(i, text, special) for i, (text, special) in sorted(out.items())]
 
 
 # ---------------------------------------------------------------------------------------------- convert
