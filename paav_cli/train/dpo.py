@@ -61,18 +61,16 @@ def _versions() -> dict:
 
 def resolve_device(dpo) -> dict:
     """quant, bf16 and gradient checkpointing for this machine (auto: QLoRA + bf16 + checkpointing on a GPU)."""
-    import torch
+    from paav_cli.train.device import describe_device, use_bf16
 
-    cuda = torch.cuda.is_available()
+    device = describe_device()
+    cuda = device["kind"] == "cuda"
     if dpo.quant == "4bit" and not cuda:
         raise UserError("[dpo] quant = \"4bit\" needs a CUDA GPU and none is available; set quant = \"none\" or \"auto\".")
     quant = "4bit" if dpo.quant == "4bit" or (dpo.quant == "auto" and cuda) else "none"
     checkpointing = dpo.gradient_checkpointing == "on" or (dpo.gradient_checkpointing == "auto" and cuda)
-    bf16 = cuda and torch.cuda.is_bf16_supported()  # fp32 on the CPU: LoRA's small updates need the precision
-    return {
-        "device": torch.cuda.get_device_name(0) if cuda else "cpu", "quant": quant, "bf16": bf16,
-        "gradient_checkpointing": checkpointing,
-    }
+    bf16, _ = use_bf16("auto", device)  # fp32 on the CPU: LoRA's small updates need the precision
+    return {"device": device["name"], "quant": quant, "bf16": bf16, "gradient_checkpointing": checkpointing}
 
 
 def fit_prompts(tokenizer, sources: list[str], max_prompt_length: int) -> tuple[list[str], int]:
