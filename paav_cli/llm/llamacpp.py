@@ -137,11 +137,11 @@ class LlamaCppModel:
             raise UserError(
                 f"{self.path.name} has no chat template; register it with prompt_format = \"fewshot\"."
             )
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        from paav_cli.text.chat_template import render_chat_template  # bounded: the template is the file's code
 
         bos = self._model.token_get_text(self._model.token_bos()) if self._model.token_bos() >= 0 else ""
         eos = self._model.token_get_text(self._model.token_eos()) if self._model.token_eos() >= 0 else ""
-        return Jinja2ChatFormatter(self.chat_template, eos_token=eos, bos_token=bos)(messages=messages).prompt
+        return render_chat_template(self.chat_template, messages, source=str(self.path), bos_token=bos, eos_token=eos)
 
     def encode_prompt(self, text: str) -> list[int]:
         """Tokens of a prompt, with BOS added unless the text (a chat template's output) has it."""
