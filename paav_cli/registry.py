@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import importlib
 import importlib.util
+import json
 import os
 import re
 import shutil

@@ -75,12 +75,12 @@ HOSTILE = {
     "indent": ("{{ ('\n' * 100000) | indent(1000) }}", "over the limit"),
     "join": ("{{ ','.join(['x' * 1000] * 2000) }}", "over the limit"),
     "output": ("{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}", "output over the limit"),
-    "namespace doubling": ("{% set ns = namespace(x=[1]) %}{% for i in range(64) %}{% set ns.x = [ns.x, ns.x] %}"
-                           "{% endfor %}{{ ns.x }}", "over the limit"),
-    "macro doubling": ("{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s | length }}{% endif %}"
-                       "{% endmacro %}{{ d('x', 40) }}", "over the limit"),
-    "block doubling": ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set t %}{{ ns.s }}{{ ns.s }}"
-                       "{% endset %}{% set ns.s = t %}{% endfor %}{{ ns.s | length }}", "over the limit"),
+    "namespace doubling": (("{% set ns = namespace(x=[1]) %}{% for i in range(64) %}{% set ns.x = [ns.x, ns.x] %}"
+                            "{% endfor %}{{ ns.x }}"), "over the limit"),
+    "macro doubling": (("{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s | length }}{% endif %}"
+                        "{% endmacro %}{{ d('x', 40) }}"), "over the limit"),
+    "block doubling": (("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set t %}{{ ns.s }}{{ ns.s }}"
+                        "{% endset %}{% set ns.s = t %}{% endfor %}{{ ns.s | length }}"), "over the limit"),
     "nested loops": ("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
                      "ran longer than"),
     "recursive loop": ("{% for x in [1] recursive %}{{ loop([1, 2]) }}{% endfor %}", "recurses too deeply"),

@@ -561,7 +561,8 @@ def test_declared_storage_is_bounded_by_the_file(tmp_path, kind):
         "status = open('/proc/self/status').read()\n"
         "print(int(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)) * 1024)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300,
+                          check=False)
     message, peak = proc.stdout.strip().splitlines()
     assert message.startswith(f"refusing to load {path}"), proc.stdout + proc.stderr
     assert ("holds 1048576" in message) if kind == "short" else ("more than the file holds" in message)

@@ -137,11 +137,13 @@ class LlamaCppModel:
             raise UserError(
                 f"{self.path.name} has no chat template; register it with prompt_format = \"fewshot\"."
             )
-        from paav_cli.text.chat_template import render_chat_template  # bounded: the template is the file's code
+        # Bounded in time and size: the template is code written by whoever made the file.
+        from paav_cli.text.chat_template import render_chat_template
 
         bos = self._model.token_get_text(self._model.token_bos()) if self._model.token_bos() >= 0 else ""
         eos = self._model.token_get_text(self._model.token_eos()) if self._model.token_eos() >= 0 else ""
-        return render_chat_template(self.chat_template, messages, source=str(self.path), bos_token=bos, eos_token=eos)
+        return render_chat_template(self.chat_template, messages, source=str(self.path), bos_token=bos,
+                                    eos_token=eos)
 
     def encode_prompt(self, text: str) -> list[int]:
         """Tokens of a prompt, with BOS added unless the text (a chat template's output) has it."""

@@ -25,6 +25,7 @@ import threading
 import time
 from datetime import datetime
 from functools import lru_cache, wraps
+from typing import ClassVar
 
 import jinja2
 import jinja2.ext
@@ -168,7 +169,7 @@ class _BoundedCodeGenerator(CodeGenerator):
 class _IgnoreGenerationTags(jinja2.ext.Extension):
     """transformers' `{% generation %}` tag (training masks): renders its body, as llama-cpp-python does."""
 
-    tags = {"generation"}
+    tags: ClassVar[set[str]] = {"generation"}
 
     def parse(self, parser):
         parser.stream.skip(1)
@@ -261,30 +262,31 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context, operator, left, right):
         _tick()
+        ints = isinstance(left, int) and isinstance(right, int)
+        sized = (str, bytes, list, tuple)
         if operator == "*":
             for seq, n in ((left, right), (right, left)):
-                if isinstance(n, int) and isinstance(seq, (str, bytes, list, tuple)):
-                    if n > 0 and _size(seq) * n > MAX_SIZE:
-                        raise _too_big("a repeated string or list")
-            if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                if isinstance(n, int) and isinstance(seq, sized) and n > 0 and _size(seq) * n > MAX_SIZE:
+                    raise _too_big("a repeated string or list")
+            if ints and left.bit_length() + right.bit_length() > MAX_INT_BITS:
                 raise TemplateLimit(f"it builds an integer of more than {MAX_INT_BITS} bits")
         elif operator == "**":
-            if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
-                if left.bit_length() * right > MAX_INT_BITS:
-                    raise TemplateLimit(f"it builds an integer of more than {MAX_INT_BITS} bits")
-        elif operator == "%" and isinstance(left, str):
-            if _percent_widths(left) > MAX_SIZE:
+            if ints and right > 0 and abs(left) > 1 and left.bit_length() * right > MAX_INT_BITS:
+                raise TemplateLimit(f"it builds an integer of more than {MAX_INT_BITS} bits")
+        elif operator == "%":
+            if isinstance(left, str) and _percent_widths(left) > MAX_SIZE:
                 raise _too_big("a string")
-        elif operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
-            if _size(left) + _size(right) > MAX_SIZE:
-                raise _too_big("a string or list")
+        elif operator == "+" and isinstance(left, sized) and isinstance(right, sized) and (
+            _size(left) + _size(right) > MAX_SIZE
+        ):
+            raise _too_big("a string or list")
         return _checked(super().call_binop(context, operator, left, right))
 
-    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - the sandbox's own signature
+    def call(self, context, obj, /, *args, **kwargs):
         _tick()
         for value in (*args, *kwargs.values()):
             _checked(value)
-        inner = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
+        inner = getattr(obj, "__wrapped__", obj)  # the sandbox wraps str.format
         owner = getattr(inner, "__self__", None)
         if isinstance(owner, str):
             _precheck_str_method(owner, getattr(inner, "__name__", ""), args, kwargs)
@@ -293,7 +295,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
                 if _size(items) + len(owner) * len(items) > MAX_SIZE:
                     raise _too_big("a string")
                 args = (items, *args[1:])
-        return _checked(super().call(__context, __obj, *args, **kwargs))
+        return _checked(super().call(context, obj, *args, **kwargs))
 
 
 @lru_cache(maxsize=8)
