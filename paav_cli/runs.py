@@ -7,9 +7,11 @@ append starts clean and no record is ever half-written or duplicated.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +51,26 @@ def truncate_partial_line(path: Path) -> int:
     path = Path(path)
     if not path.exists():
         return 0
-    data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return 0
-    keep = data.rfind(b"\n") + 1
+    # Only the tail is read: a resumed output or journal can be far larger than the memory a
+    # rerun should need.
     with open(path, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            chunk = f.read(end - start)
+            if end == size and chunk.endswith(b"\n"):
+                return 0
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            end = start
+        else:
+            keep = 0
         f.truncate(keep)
-    return len(data) - keep
+    return size - keep
 
 
 def iter_jsonl(path: Path, fix: str = "fix or remove that line"):
@@ -139,3 +154,105 @@ def update_manifest(run: Path, **changes) -> dict:
             manifest[key] = value
     atomic_write_json(Path(run) / "manifest.json", manifest)
     return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Locks
+
+
+class FileLock:
+    """An exclusive advisory lock (flock) on a small file, taken without waiting.
+
+    The kernel drops it when the process ends however it ends, kill -9 included, so a lock file
+    left behind never blocks a later run: only a live process holds the lock. Taken twice in one
+    process (a pipeline stage inside `paav run`), it is shared and released with the last holder.
+    """
+
+    _held: dict[str, tuple[int, int]] = {}  # resolved path -> (fd, holders in this process)
+
+    def __init__(self, path: Path, busy: str):
+        self.path = Path(path)
+        self.busy = busy  # the sentence for a second writer; "{pid}" is replaced by the holder's pid
+        self.fd: int | None = None
+
+    def acquire(self) -> FileLock:
+        key = str(self.path.resolve())
+        if key in self._held:
+            fd, holders = self._held[key]
+            self._held[key] = (fd, holders + 1)
+            self.fd = fd
+            return self
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, default_file_mode())
+        except OSError as e:
+            raise UserError(
+                f"cannot write to {self.path.parent} ({e.strerror}); choose a folder you can write to."
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _pid_in(os.pread(fd, 4096, 0))
+            os.close(fd)
+            raise UserError(self.busy.replace("{pid}", holder)) from None
+        self._held[key] = (fd, 1)
+        self.fd = fd
+        return self
+
+    def read(self) -> dict:
+        """What the holder wrote into the lock file (its pid and any notes), or {} if unreadable."""
+        assert self.fd is not None
+        try:
+            data = json.loads(os.pread(self.fd, 1 << 20, 0) or b"{}")
+        except (ValueError, OSError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def write(self, data: dict) -> None:
+        assert self.fd is not None
+        payload = json.dumps({**data, "pid": os.getpid()}, ensure_ascii=False).encode() + b"\n"
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, payload, 0)
+        except OSError as e:
+            raise UserError(f"cannot write {self.path} ({e.strerror}); free some space or choose another folder.") from None
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        key = str(self.path.resolve())
+        fd, holders = self._held.get(key, (self.fd, 1))
+        if holders > 1:
+            self._held[key] = (fd, holders - 1)
+        else:
+            self._held.pop(key, None)
+            os.close(fd)  # closing the last descriptor releases the flock
+        self.fd = None
+
+    def __enter__(self) -> FileLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _pid_in(data: bytes) -> str:
+    try:
+        pid = json.loads(data).get("pid")
+    except (ValueError, AttributeError):
+        pid = None
+    return str(pid) if isinstance(pid, int) else "unknown"
+
+
+@contextmanager
+def locked_run_folder(run: Path):
+    """Hold RUN/.paav.lock while a stage writes the folder: a second paav on it stops at once."""
+    run = Path(run)
+    lock = FileLock(
+        run / ".paav.lock",
+        f"another paav process (pid {{pid}}) is working in the run folder {run}; wait for it to finish, "
+        "or use another --run folder.",
+    )
+    with lock:
+        if lock.read().get("pid") != os.getpid():
+            lock.write({})
+        yield lock
