@@ -23,7 +23,9 @@ from paav_cli.evolve.report import draw_curves
 from paav_cli.evolve.state import EvolveState
 from paav_cli.prompt_files import PromptRecord, read_prompts
 from paav_cli.recipe import Recipe
-from paav_cli.runs import atomic_write_text, prepare_run_folder, read_journal, read_manifest, update_manifest
+from paav_cli.runs import (
+    atomic_write_text, locked_run_folder, prepare_run_folder, read_journal, read_manifest, update_manifest,
+)
 
 
 def recipe_hash(recipe: Recipe) -> str:
@@ -80,18 +82,19 @@ def evolve_run(prompts_path: str, recipe: Recipe, run: str, *, mutator: str | No
     if not sources:
         raise UserError(f"no prompt of {prompts_path} is left after --max-digits and --shard; loosen them.")
     run_dir = prepare_run_folder(Path(run))
-    _check_same_recipe(run_dir, recipe)
-    folder = run_dir / "evolve"
-    folder.mkdir(exist_ok=True)
-    snapshot_sources(folder, sources)
-    used = read_manifest(run_dir).get("mutators_used", [])
-    update_manifest(run_dir, recipe=recipe.model_dump(), recipe_hash=recipe_hash(recipe),
-                    mutators_used=list(dict.fromkeys([*used, recipe.models.mutator])),
-                    stages={"evolve": {"status": "running"}})
+    with locked_run_folder(run_dir):  # a second evolve on this folder would journal everything twice
+        _check_same_recipe(run_dir, recipe)
+        folder = run_dir / "evolve"
+        folder.mkdir(exist_ok=True)
+        snapshot_sources(folder, sources)
+        used = read_manifest(run_dir).get("mutators_used", [])
+        update_manifest(run_dir, recipe=recipe.model_dump(), recipe_hash=recipe_hash(recipe),
+                        mutators_used=list(dict.fromkeys([*used, recipe.models.mutator])),
+                        stages={"evolve": {"status": "running"}})
 
-    engine = Evolution(recipe, run_dir, sources, lambda: load_mutator(recipe.models.mutator), options, view)
-    stats = engine.run()
-    return finish(engine, run_dir, stats.record(), done=not stats.stopped)
+        engine = Evolution(recipe, run_dir, sources, lambda: load_mutator(recipe.models.mutator), options, view)
+        stats = engine.run()
+        return finish(engine, run_dir, stats.record(), done=not stats.stopped)
 
 
 def finish(engine: Evolution, run_dir: Path, stats: dict, done: bool) -> dict:
