@@ -568,3 +568,16 @@ def test_declared_storage_is_bounded_by_the_file(tmp_path, kind):
     assert ("holds 1048576" in message) if kind == "short" else ("more than the file holds" in message)
     # Importing torch alone is ~0.7 GB here; inflating the storage would add a whole GiB on top.
     assert int(peak) < gib, f"peak RSS {int(peak) >> 20} MB"
+
+
+def test_a_small_file_of_repeated_views_is_refused(converted, tmp_path):
+    """Stride-0 views of one element each are a few bytes on disk but the model's full size once copied
+    out; with the published MPS's shapes that is a 50 KB file asking for 4 GB."""
+    original, clip, _ = converted
+    views = {k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in original.state_dict().items()}
+    torch.save(views, tmp_path / "views.pt")
+    assert sum(v.nbytes for v in views.values()) > 4 * (tmp_path / "views.pt").stat().st_size
+    with pytest.raises(UserError, match="repeated views") as err:
+        convert_mps(tmp_path / "views.pt", clip, tmp_path / "mps")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "mps").exists()

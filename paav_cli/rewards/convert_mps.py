@@ -485,6 +485,20 @@ def _verify(out: Path, state: dict) -> None:
         raise UserError(f"the checkpoint does not fit the MPS model built from the CLIP config: {problem}.")
 
 
+def _check_views(state: dict, checkpoint: Path) -> None:
+    """Tensors may view their storages with any shape and stride (a stride of 0 repeats one element), and
+    the safetensors copy writes every view out in full; the cross model's size is read from those shapes.
+    So a small file could ask for any amount of memory. A saved model holds its weights, so its tensors
+    add up to at most about the file's size (twice, for tied weights)."""
+    total = sum(v.nbytes for v in state.values())
+    limit = 2 * checkpoint.stat().st_size
+    if total > limit:
+        raise UserError(
+            f"refusing to load {checkpoint}: its tensors view {total:,} bytes, more than twice the file's "
+            f"{limit // 2:,} (repeated views, not saved weights)."
+        )
+
+
 def _unshared(state: dict) -> dict:
     """Contiguous tensors, each with its own storage (safetensors refuses tensors that share memory)."""
     import torch
@@ -509,6 +523,7 @@ def convert_mps(checkpoint: Path, clip_folder: Path, out_folder: Path) -> Path:
 
     out_folder = Path(out_folder)
     state = extract_state_dict(load_checkpoint(Path(checkpoint)))
+    _check_views(state, Path(checkpoint))
     out_folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_folder.parent, prefix=f".{out_folder.name}."))
     try:
