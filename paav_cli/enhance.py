@@ -10,13 +10,17 @@ from __future__ import annotations
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 
 from paav_cli import paths, registry
 from paav_cli.errors import UserError
-from paav_cli.prompt_files import PromptRecord, RecordWriter, existing_output, read_prompts
+from paav_cli.prompt_files import (
+    PromptRecord, PromptSource, RecordWriter, existing_records, output_lock, plain_line, prepare_output, show,
+)
 from paav_cli.text.budget import TokenCounter, counter_for, trim_to_budget
 from paav_cli.text.clean import clean, drop_copied_sentences, problem
 from paav_cli.text.formats import BoosterRequest, build_request
@@ -102,6 +106,19 @@ class Booster:
         text = req.text if req.text is not None else self.model.chat_prompt(req.messages)
         return req, self.model.encode_prompt(text)
 
+    def too_long(self, prompt: str, max_tokens: int) -> int | None:
+        """The prompt's token count with the template when it leaves no room for `max_tokens`, else None."""
+        room = self.model.max_context - max_tokens - 1
+        req = build_request(self.entry.prompt_format, prompt)
+        text = req.text if req.text is not None else self.model.chat_prompt(req.messages)
+        # Every token spans at least one byte of text, so a text with fewer bytes than the room
+        # (less a few for BOS and a tokenizer's leading space) fits without being tokenised:
+        # checking a whole batch up front then costs almost nothing.
+        if len(text.encode("utf-8")) + 8 <= room:
+            return None
+        n = len(self.model.encode_prompt(text))
+        return n if n > room else None
+
 
 def booster_entry_for_file(path: str) -> registry.BoosterEntry:
     """A booster given by file: chat format when the GGUF carries a chat template, else few-shot."""
@@ -166,26 +183,32 @@ def _finish(prompt: str, req: BoosterRequest, raw: str, budget: Budget | None) -
 
 def run_jobs(
     booster: Booster,
-    jobs: list[Job],
+    jobs: Iterable[Job],
     opts: EnhanceOptions,
     budget: Budget | None,
     on_outcome: Callable[[Job, Outcome], None],
 ) -> None:
-    """Enhance every job, calling `on_outcome` as each one is final (retries included)."""
+    """Enhance every job, calling `on_outcome` as each one is final (retries included).
+
+    Jobs are taken and tokenised one batch at a time, so memory does not grow with their number.
+    """
     from paav_cli.llm.llamacpp import Sampling
 
     sampling = Sampling(temperature=opts.temperature, max_tokens=opts.max_tokens)
-    prepared = [booster.request(job.record.prompt) for job in jobs]
-    for job, (_, tokens) in zip(jobs, prepared):
-        if len(tokens) + opts.max_tokens + 1 > booster.model.max_context:
-            raise UserError(
-                f"prompt {job.record.id!r} is {len(tokens)} tokens with the booster's template, too long for its "
-                f"{booster.model.max_context}-token context with --max-tokens {opts.max_tokens}; shorten it."
-            )
-    chunk = booster.model.max_parallel
-    for start in range(0, len(jobs), chunk):
-        part = list(range(start, min(start + chunk, len(jobs))))
-        _run_chunk(booster, [jobs[i] for i in part], [prepared[i] for i in part], sampling, budget, on_outcome)
+    jobs = iter(jobs)
+    while part := list(islice(jobs, booster.model.max_parallel)):
+        prepared = [booster.request(job.record.prompt) for job in part]
+        for job, (_, tokens) in zip(part, prepared):
+            if len(tokens) + opts.max_tokens + 1 > booster.model.max_context:
+                raise UserError(too_long_message(job.record, len(tokens), booster, opts))
+        _run_chunk(booster, part, prepared, sampling, budget, on_outcome)
+
+
+def too_long_message(record: PromptRecord, tokens: int, booster: Booster, opts: EnhanceOptions) -> str:
+    return (
+        f"prompt {show(record.id)} is {tokens} tokens with the booster's template, too long for its "
+        f"{booster.model.max_context}-token context with --max-tokens {opts.max_tokens}; shorten it."
+    )
 
 
 def _run_chunk(booster, jobs, prepared, sampling, budget, on_outcome) -> None:
@@ -229,12 +252,19 @@ def _run_chunk(booster, jobs, prepared, sampling, budget, on_outcome) -> None:
     )
 
 
-def make_jobs(records: list[PromptRecord], n: int, seed: int) -> list[Job]:
-    jobs = []
+def make_jobs(records: Iterable[PromptRecord], n: int, seed: int) -> list[Job]:
+    return list(iter_jobs(records, n, seed))
+
+
+def iter_jobs(records: Iterable[PromptRecord], n: int, seed: int, leave_out: frozenset[str] = frozenset()) -> Iterator[Job]:
+    """Jobs in output order: every variant of every record, less the records in `leave_out`."""
+    index = 0
     for record in records:
+        if record.id in leave_out:
+            continue
         for variant in range(n):
-            jobs.append(Job(index=len(jobs), record=record, variant=variant, seed=seed + variant))
-    return jobs
+            yield Job(index=index, record=record, variant=variant, seed=seed + variant)
+            index += 1
 
 
 def to_record(job: Job, outcome: Outcome, opts: EnhanceOptions, budget: Budget | None) -> dict:
@@ -263,10 +293,7 @@ def to_record(job: Job, outcome: Outcome, opts: EnhanceOptions, budget: Budget |
     return record
 
 
-def output_columns(records: list[PromptRecord], opts: EnhanceOptions, budget: Budget | None) -> list[str]:
-    extras: list[str] = []
-    for r in records:
-        extras += [k for k in r.extra if k not in extras]
+def output_columns(extras: list[str], opts: EnhanceOptions, budget: Budget | None) -> list[str]:
     ours = ["id", "prompt", "enhanced", "variant", "model", "seed", "temperature"]
     ours += ["negative_prompt"] if opts.negative else []
     ours += ["fallback", "fallback_reason", "tokens", "seconds"]
@@ -274,30 +301,82 @@ def output_columns(records: list[PromptRecord], opts: EnhanceOptions, budget: Bu
     return extras + [c for c in ours if c not in extras]
 
 
-def _resume_point(output: str | None, jobs: list[Job]) -> int:
+def _resume_point(output: str | None, jobs: Iterable[Job], total: int) -> int:
     """How many leading jobs the output already holds, after checking they are these jobs."""
     if output is None:
         return 0
-    existing = existing_output(output)
-    done = existing if isinstance(existing, int) else len(existing)
-    if done > len(jobs):
-        raise UserError(
-            f"{output} holds {done} records but this input makes {len(jobs)}; it was made from another "
-            "input: choose another output file or pass --overwrite."
-        )
-    if isinstance(existing, list):
-        for job, old in zip(jobs, existing):
+    done = 0
+    jobs = iter(jobs)
+    for old in existing_records(output):
+        job = next(jobs, None)
+        if job is None:
+            raise UserError(
+                f"{output} holds more records than the {total} this input makes; it was made from another "
+                "input: choose another output file or pass --overwrite."
+            )
+        if old is not None:
             same = (
-                str(old.get("id")) == str(job.record.id)
+                str(old.get("id")) == job.record.id
                 and str(old.get("variant", 0)) == str(job.variant)
                 and old.get("prompt") == job.record.prompt
             )
             if not same:
                 raise UserError(
-                    f"{output} was made from another input (its record for id {old.get('id')!r} does not match); "
-                    "choose another output file or pass --overwrite."
+                    f"{output} was made from another input (its record for id {show(old.get('id'))} does not "
+                    "match); choose another output file or pass --overwrite."
                 )
+        done += 1
     return done
+
+
+# What changes the text of a record, with the option that sets it.
+SETTINGS = {"model": "-m", "seed": "--seed", "n": "-n", "temperature": "--temperature",
+            "max_tokens": "--max-tokens", "target": "--target", "negative": "--negative", "lora": "--lora"}
+
+
+def _settings(opts: EnhanceOptions) -> dict:
+    return {key: getattr(opts, key) for key in SETTINGS}
+
+
+_NOTHING = object()
+
+
+def _recorded_settings(saved: dict, first: dict | None) -> dict | None:
+    """The settings an output was made with: as saved beside it, or (an output written before paav
+    saved them) what its first record shows."""
+    if isinstance(saved.get("settings"), dict):
+        return saved["settings"]
+    if first is None:
+        return None
+    known = {"model": first.get("model"), "temperature": first.get("temperature")}
+    try:
+        known["seed"] = int(first["seed"]) - int(first.get("variant") or 0)
+    except (KeyError, TypeError, ValueError):
+        pass
+    if isinstance(known["temperature"], str):  # csv cells are text
+        try:
+            known["temperature"] = float(known["temperature"])
+        except ValueError:
+            del known["temperature"]
+    return {k: v for k, v in known.items() if v is not None}
+
+
+def _check_settings(output: str, opts: EnhanceOptions, recorded: dict) -> None:
+    """Refuse to extend an output with records made otherwise (their text would differ)."""
+    if opts.seed is None and isinstance(recorded.get("seed"), int):
+        opts.seed = recorded["seed"]  # a rerun without --seed continues with the output's seed
+    now = _settings(opts)
+    changed = [key for key in SETTINGS if key in recorded and recorded[key] != now[key]]
+    if changed:
+        was = ", ".join(f"{SETTINGS[k]} {_shown(recorded[k])} (now {_shown(now[k])})" for k in changed)
+        raise UserError(
+            f"{output} was made with other settings ({was}); rerun with those, pass --overwrite to start "
+            "it afresh, or choose another -o."
+        )
+
+
+def _shown(value) -> str:
+    return "none" if value is None else show(value) if isinstance(value, str) else str(value)
 
 
 def enhance_file(
@@ -314,47 +393,106 @@ def enhance_file(
     """Enhance every prompt of `input_path` into `output` (stdout when None); returns a summary."""
     if output and input_path != "-" and Path(output).resolve() == Path(input_path).resolve():
         raise UserError(f"the output {output} is the input file; write the results to another file.")
-    records = read_prompts(input_path, on_error=on_error, warn=warn)
+    records = PromptSource(input_path, on_error=on_error, warn=warn)
     return enhance_records(
-        records, output, opts, as_json=as_json, overwrite=overwrite, warn=warn, progress_factory=progress_factory
+        records, output, opts, as_json=as_json, overwrite=overwrite, warn=warn, progress_factory=progress_factory,
+        on_error=on_error,
     )
 
 
-def enhance_records(records, output, opts, *, as_json=False, overwrite=False, warn, progress_factory=None) -> dict:
-    if opts.seed is None:
-        opts.seed = random.randrange(2**31)
+def enhance_records(records, output, opts, *, as_json=False, overwrite=False, warn, progress_factory=None,
+                    on_error="stop") -> dict:
+    """Enhance `records` (a list, or a `PromptSource` read again on each pass) into `output`."""
     if opts.temperature is None:
         opts.temperature = 0.0 if opts.n == 1 else DEFAULT_TEMPERATURE
     budget = resolve_budget(opts.target)
-    jobs = make_jobs(records, opts.n, opts.seed)
-    if output and overwrite:
-        Path(output).unlink(missing_ok=True)
-    start = _resume_point(output, jobs)
-    summary = {"jobs": len(jobs), "skipped": start, "done": 0, "fallbacks": 0, "seed": opts.seed}
-    pending = jobs[start:]
-    if not pending:
-        return summary
-    booster = Booster(resolve_model(opts.model), threads=opts.threads, parallel=opts.parallel, lora=opts.lora)
-    writer = RecordWriter(output, as_json=as_json, columns=output_columns(records, opts, budget))
+    if output:
+        prepare_output(output)
+    lock = output_lock(output) if output else nullcontext()
+    with lock:
+        if output and overwrite:
+            Path(output).unlink(missing_ok=True)
+        if output:
+            first = next(existing_records(output), _NOTHING)
+            if first is not _NOTHING:
+                recorded = _recorded_settings(lock.read(), first)
+                if recorded:
+                    _check_settings(output, opts, recorded)
+        booster = None
+        try:
+            leave_out: frozenset[str] = frozenset()
+            if on_error == "skip":
+                # Which prompts are left out must be known before resuming: outputs are matched to
+                # jobs by position, so the same ones must be left out on every run.
+                booster = _load_booster(opts)
+                leave_out = _too_long(booster, records, opts, warn)
+            total = (len(records) - len(leave_out)) * opts.n
+            start = _resume_point(output, iter_jobs(records, opts.n, 0, leave_out), total)
+            if opts.seed is None:
+                opts.seed = random.randrange(2**31)
+            summary = {"jobs": total, "skipped": start, "done": 0, "fallbacks": 0, "seed": opts.seed,
+                       "left_out": len(leave_out)}
+            if start >= total:
+                return summary
+            if booster is None:
+                booster = _load_booster(opts)
+                _too_long(booster, islice(records, start // opts.n, None), opts, warn, stop=True)
+            if output:
+                lock.write({"settings": _settings(opts)})
+            _run(booster, records, output, opts, budget, start, leave_out, summary,
+                 as_json=as_json, warn=warn, progress_factory=progress_factory)
+        finally:
+            if booster is not None:
+                booster.model.close()
+    return summary
+
+
+def _load_booster(opts: EnhanceOptions) -> Booster:
+    return Booster(resolve_model(opts.model), threads=opts.threads, parallel=opts.parallel, lora=opts.lora)
+
+
+def _too_long(booster: Booster, records: Iterable[PromptRecord], opts: EnhanceOptions, warn, *, stop=False) -> frozenset[str]:
+    """The ids of prompts too long for the booster's context: the first stops the batch (`stop`),
+    or each is reported and left out."""
+    left_out = set()
+    for record in records:
+        tokens = booster.too_long(record.prompt, opts.max_tokens)
+        if tokens is None:
+            continue
+        message = too_long_message(record, tokens, booster, opts)
+        if stop:
+            raise UserError(message)
+        warn(f"skipped: {message.removesuffix('; shorten it.')}.")
+        left_out.add(record.id)
+    return frozenset(left_out)
+
+
+def _run(booster, records, output, opts, budget, start, leave_out, summary, *, as_json, warn, progress_factory):
+    extras = getattr(records, "extra_keys", None)
+    if extras is None:
+        extras = []
+        for r in records:
+            extras += [k for k in r.extra if k not in extras]
+    writer = RecordWriter(output, as_json=as_json, columns=output_columns(extras, opts, budget))
     writer.open(start)
-    progress = progress_factory(len(pending)) if progress_factory else None  # None: no bar
+    pending = summary["jobs"] - start
+    progress = progress_factory(pending) if progress_factory else None  # None: no bar
     try:
         def on_outcome(job: Job, outcome: Outcome) -> None:
             if outcome.fallback:
                 summary["fallbacks"] += 1
-                warn(f"prompt {job.record.id!r} kept as written: the booster's output was unusable ({outcome.reason}).")
+                warn(f"prompt {show(job.record.id)} kept as written: the booster's output was unusable ({outcome.reason}).")
             writer.add(job.index, to_record(job, outcome, opts, budget))
             summary["done"] += 1
             if progress:
                 progress.advance()
 
-        run_jobs(booster, pending, opts, budget, on_outcome)
+        jobs = islice(iter_jobs(records, opts.n, opts.seed, leave_out), start, None)
+        run_jobs(booster, jobs, opts, budget, on_outcome)
     finally:
         if progress:
             progress.close()
         writer.close()
-        booster.model.close()
-    return summary
 
 
 def single_prompt(prompt: str) -> list[PromptRecord]:
@@ -364,4 +502,4 @@ def single_prompt(prompt: str) -> list[PromptRecord]:
 
 
 def stderr_warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {plain_line(message)}", file=sys.stderr)

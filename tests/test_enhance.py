@@ -94,7 +94,7 @@ def test_rerun_skips_done_records_and_repairs_a_cut_line(tmp_path):
     again = paav("-m", "tiny", "-i", "in.txt", "-o", "out.jsonl", "--seed", "4")
     assert again.returncode == 0 and "(5 already there)" in again.stderr
     resumed = (tmp_path / "out.jsonl").read_text().splitlines()
-    assert [json.loads(x)["id"] for x in resumed] == list(range(1, 13))
+    assert [json.loads(x)["id"] for x in resumed] == [str(i) for i in range(1, 13)]  # ids are strings
     assert without_timing(resumed) == without_timing(full)  # same seed, same records, none twice
     done = paav("-m", "tiny", "-i", "in.txt", "-o", "out.jsonl", "--seed", "4")
     assert done.returncode == 0 and (tmp_path / "out.jsonl").read_text().splitlines() == resumed
@@ -129,7 +129,7 @@ def test_ctrl_c_keeps_finished_records_and_the_rerun_completes(tmp_path, monkeyp
         cli.main()
     assert exit_info.value.code in (0, None)
     ids = [json.loads(x)["id"] for x in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert ids == list(range(1, 11))
+    assert ids == [str(i) for i in range(1, 11)]
 
 
 def test_kill_9_mid_batch_then_resume_loses_and_duplicates_nothing(tmp_path):
@@ -149,7 +149,7 @@ def test_kill_9_mid_batch_then_resume_loses_and_duplicates_nothing(tmp_path):
     again = paav("-m", "tiny", "-i", "in.txt", "-o", "out.jsonl", "--seed", "2")
     assert again.returncode == 0, again.stderr
     ids = [json.loads(x)["id"] for x in out.read_text().splitlines()]
-    assert ids == list(range(1, n + 1))
+    assert ids == [str(i) for i in range(1, n + 1)]
 
 
 def test_unusable_output_falls_back_to_the_prompt_with_a_warning():
@@ -227,7 +227,7 @@ def test_skip_bad_lines_on_request(tmp_path):
     (tmp_path / "in.jsonl").write_text('{"prompt": "a cat"}\nnot json\n{"prompt": "a dog"}\n')
     proc = paav("-m", "tiny", "-i", "in.jsonl", "-o", "out.jsonl", "--on-error", "skip")
     assert proc.returncode == 0 and "line 2" in proc.stderr
-    assert [json.loads(x)["id"] for x in (tmp_path / "out.jsonl").read_text().splitlines()] == [1, 3]
+    assert [json.loads(x)["id"] for x in (tmp_path / "out.jsonl").read_text().splitlines()] == ["1", "3"]
 
 
 def test_few_shot_prefix_state_is_saved_once_and_reused(tmp_path):

@@ -8,14 +8,14 @@ def test_txt_skips_blank_lines_and_numbers_by_line(tmp_path):
     f = tmp_path / "p.txt"
     f.write_text("a cat\n\n  a dog  \n")
     records = read_prompts(str(f))
-    assert [(r.id, r.prompt) for r in records] == [(1, "a cat"), (3, "a dog")]
+    assert [(r.id, r.prompt) for r in records] == [("1", "a cat"), ("3", "a dog")]
 
 
 def test_jsonl_carries_other_fields_and_uses_its_ids(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text('{"id": "x1", "prompt": "a cat", "tag": 7}\n{"prompt": "a dog"}\n')
     records = read_prompts(str(f))
-    assert [(r.id, r.prompt, r.extra) for r in records] == [("x1", "a cat", {"tag": 7}), (2, "a dog", {})]
+    assert [(r.id, r.prompt, r.extra) for r in records] == [("x1", "a cat", {"tag": 7}), ("2", "a dog", {})]
 
 
 def test_jsonl_bad_line_stops_with_its_number_or_is_skipped(tmp_path):
@@ -44,7 +44,7 @@ def test_csv_needs_a_prompt_column(tmp_path):
     ("p.txt", b"a cat\n\xff\xfe bad\n", "not UTF-8"),
     ("p.txt", b"\n\n", "contains no prompts"),
     ("p.md", b"a cat", "extension .md"),
-    ("p.jsonl", b'{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n', "id 1 twice"),
+    ("p.jsonl", b'{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n', 'id "1" twice'),
 ])
 def test_bad_files_get_one_clear_sentence(tmp_path, name, data, message):
     f = tmp_path / name
