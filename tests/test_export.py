@@ -123,12 +123,13 @@ def test_llama3_rope_scaling_and_gemma3_sliding_pattern(tmp_path):
 
 
 def test_f16_and_bf16_exports(models, tmp_path):
+    from paav_cli.export.booster import TOLERANCE
     from paav_cli.export.convert import convert
     from paav_cli.export.verify import verify
 
     for outtype in ("F16", "BF16"):
         path = convert(models["tiny-qwen2"], tmp_path / f"q.{outtype}.gguf", outtype=outtype)
-        report = verify(models["tiny-qwen2"], path, tolerance=5e-2)
+        report = verify(models["tiny-qwen2"], path, tolerance=TOLERANCE[outtype])
         assert report["ok"], (outtype, report)
 
 
@@ -256,3 +257,160 @@ def test_names_api():
     permuted = export.transform("llama", "model.layers.0.self_attn.q_proj.weight", q, {"num_attention_heads": 2})
     assert permuted[:, 0].tolist() == [0, 4, 2, 6, 8, 12, 10, 14]
     assert export.transform("qwen2", "model.layers.0.self_attn.q_proj.weight", q, {"num_attention_heads": 2}) is q
+
+
+# ---------------------------------------------------------------------------------------------------
+# Verification at real size: a tolerance relative to the logit scale, argmax and top-k agreement.
+
+# What the real Gemma 3 270M (dequantised default GGUF) shows through llama.cpp's float32 kernels,
+# for paav's file and llama.cpp's own alike: bench/export_tolerance.py.
+GEMMA_270M_SCALE, GEMMA_270M_F32_DRIFT = 28.0, 1.8e-2
+
+
+def _scaled_tiny_llama(folder: Path, scale: float) -> Path:
+    """tiny-llama with its output matrix scaled so that its largest logit on the probes is `scale`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from paav_cli.export.verify import PROBES
+
+    source = tiny_llm.build_tiny_llama(folder.with_name(folder.name + "-source"))
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(source)
+    with torch.no_grad():
+        top = max(model(torch.tensor([tok(p).input_ids])).logits.abs().max().item() for p in PROBES)
+        model.lm_head.weight.mul_(scale / top)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _drifting(monkeypatch, amount: float) -> None:
+    """llama.cpp's logits moved by up to `amount` (uniform, seeded), as float32 kernels move them."""
+    import numpy as np
+
+    from paav_cli.export import verify as verify_module
+
+    real = verify_module._llama_logits
+    rng = np.random.default_rng(0)
+
+    def drifted(lm, ids, n_threads):
+        logits = real(lm, ids, n_threads)
+        return (logits + rng.uniform(-amount, amount, size=logits.shape)).astype(np.float32)
+
+    monkeypatch.setattr(verify_module, "_llama_logits", drifted)
+
+
+def test_f32_export_keeps_a_real_size_model_with_float32_drift(tmp_path, monkeypatch):
+    """Logits near 28 that llama.cpp's float32 kernels move by 1.8e-2: a correct export, kept."""
+    from paav_cli.export.booster import ExportOptions, export
+
+    model = _scaled_tiny_llama(tmp_path / "big-logits", GEMMA_270M_SCALE)
+    _drifting(monkeypatch, GEMMA_270M_F32_DRIFT)
+    out = tmp_path / "m.gguf"
+    result = export(str(model), str(out), ExportOptions(quant="F32"))
+    report = result["verify"]
+    assert out.is_file()
+    assert report["ok"], report
+    assert report["max_abs_logit_diff"] > 1e-2  # the drift is there, and the old absolute 1e-4 refused it
+    assert abs(report["logit_scale"] - GEMMA_270M_SCALE) < 1.0
+    assert report["rel_logit_diff"] < report["tolerance"]
+
+
+def test_f32_export_refuses_drift_beyond_the_relative_tolerance(tmp_path, monkeypatch):
+    from paav_cli.export.booster import TOLERANCE, ExportOptions, export
+
+    model = _scaled_tiny_llama(tmp_path / "big-logits", GEMMA_270M_SCALE)
+    _drifting(monkeypatch, 3 * TOLERANCE["F32"] * GEMMA_270M_SCALE)
+    out = tmp_path / "m.gguf"
+    with pytest.raises(UserError, match="of the logit scale") as err:
+        export(str(model), str(out), ExportOptions(quant="F32"))
+    assert "removed" in str(err.value) and str(err.value).count(".") <= 4
+    assert not out.exists()
+
+
+def test_judge_logits_argmax_and_top_k_beyond_near_ties():
+    """Within the tolerance everywhere, yet the winner changes by more than the tolerance: refused."""
+    import numpy as np
+
+    from paav_cli.export.verify import judge_logits
+
+    rng = np.random.default_rng(1)
+    ref = rng.normal(0, 5, size=(6, 300)).astype(np.float32)
+    ref[:, 0] = 28.0  # the scale
+    tol = 2e-3
+    t = tol * 28.0
+    assert judge_logits([(ref, None, ref.copy())], tol)["logits_ok"]
+
+    # Drift of 60% of the tolerance, opposite on two tokens 1.1 tolerances apart: the order flips.
+    flipped = ref.copy()
+    flipped[2, 7] = ref[2, 0] - 1.1 * t
+    ref_flip = flipped.copy()
+    flipped[2, 0] -= 0.6 * t
+    flipped[2, 7] += 0.6 * t
+    report = judge_logits([(ref_flip, None, flipped)], tol)
+    assert report["rel_logit_diff"] <= tol
+    assert not report["argmax_ok"] and not report["logits_ok"], report
+
+    # The same within a near-tie (0.5 tolerance apart) is float noise: accepted.
+    tied = ref.copy()
+    tied[2, 7] = ref[2, 0] - 0.5 * t
+    ref_tied = tied.copy()
+    tied[2, 0] -= 0.3 * t
+    tied[2, 7] += 0.3 * t
+    report = judge_logits([(ref_tied, None, tied)], tol)
+    assert report["argmax_agreement"] < 1.0 and report["argmax_ok"] and report["logits_ok"], report
+
+    # A token pushed into the top 5 from well below it: the top-k check, not the argmax, refuses it.
+    top = ref.copy()
+    top[3, 1:] = np.clip(top[3, 1:], -10, 10)
+    top[3, 1:5] = [20, 19, 18, 17]
+    top[3, 9] = 17 - 1.1 * t
+    ref_top = top.copy()
+    top[3, 4] -= 0.6 * t
+    top[3, 9] += 0.6 * t
+    report = judge_logits([(ref_top, None, top)], tol)
+    assert report["argmax_ok"] and not report["top_k_ok"] and not report["logits_ok"], report
+
+
+def test_multimodal_gemma3_gets_the_ggml_gelu_correction(tmp_path):
+    """Gemma3ForConditionalGeneration keeps hidden_activation in text_config: the GELU correction must apply."""
+    from paav_cli.export.convert import convert
+    from paav_cli.export.verify import verify
+    from paav_cli.testing import tiny_export
+
+    folder = tiny_export.build_tiny_gemma3_multimodal(tmp_path / "mm")
+    report = verify(folder, convert(folder, tmp_path / "mm.gguf"))
+    assert report["max_abs_logit_diff_ggml_gelu"] is not None, report
+    assert report["max_abs_logit_diff_ggml_gelu"] < 5e-5 < report["max_abs_logit_diff"], report
+    assert report["ok"], report
+
+
+def _real_gemma_270m() -> Path | None:
+    """The dequantised default base when a previous `paav models path gemma-3-270m-gguf` made it (1 GB),
+    looked up in the user's cache before the tests isolate theirs."""
+    import os
+
+    from paav_cli import registry
+
+    if os.environ.get("PAAV_TEST_GEMMA_270M"):
+        return Path(os.environ["PAAV_TEST_GEMMA_270M"])
+    entry = registry.Registry.load().get("gemma-3-270m-gguf", "base_llms")
+    folder = registry.model_cache_dir(entry)
+    return folder if (folder / "config.json").is_file() else None
+
+
+REAL_GEMMA_270M = _real_gemma_270m()
+
+
+@pytest.mark.skipif(REAL_GEMMA_270M is None, reason="the dequantised Gemma 3 270M is not in the cache "
+                    "(`paav models path gemma-3-270m-gguf` makes it, 1 GB)")
+@pytest.mark.timeout(600)
+def test_real_gemma_270m_f32_export_verifies(tmp_path):
+    from paav_cli.export.booster import ExportOptions, export
+
+    out = tmp_path / "g.gguf"
+    report = export(str(REAL_GEMMA_270M), str(out), ExportOptions(quant="F32"))["verify"]
+    assert report["ok"] and out.is_file(), report
+    assert report["argmax_agreement"] == 1.0 and report["tokens_match"], report
+    assert report["max_abs_logit_diff"] > 1e-3  # real-size float32 drift, which the old 1e-4 refused
