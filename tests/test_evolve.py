@@ -402,3 +402,11 @@ def test_hf_mutator_in_an_evolution(tmp_path):
     summary = evolve_run(write_sources(tmp_path, SOURCES[:1]), load_recipe(str(write_recipe(tmp_path, iterations=1))),
                          str(tmp_path / "run"), mutator="tiny-hf-mutator")
     assert summary["status"] == "done" and summary["llm_calls"] >= 1
+
+
+def test_a_call_budget_that_cannot_pay_for_a_mutation_is_refused_before_any_work(tmp_path):
+    run = tmp_path / "run"
+    proc = paav("evolve", write_sources(tmp_path), "--recipe", str(write_recipe(tmp_path)), "--run", str(run),
+                "--max-llm-calls", "1")
+    assert_user_error(proc, "--max-llm-calls 1", "at least 2")
+    assert not run.exists()

@@ -26,12 +26,26 @@ from paav_cli.runs import Journal, atomic_write_text
 from paav_cli.text.evolution import mutation_messages, parse_prompts
 
 
+# Calls one source's mutation may take: a second when the first answer holds no usable prompt.
+CALLS_PER_SOURCE = 2
+
+
 @dataclass
 class EvolveOptions:
     max_videos: int | None = None  # new renders this run may make (cache hits are free)
     max_llm_calls: int | None = None
     shard: tuple[int, int] | None = None
     concurrency: int | None = None  # overrides the recipe
+
+    def __post_init__(self):
+        # A source's mutation is paid for whole (see _within_call_budget), so a budget of one call
+        # would stop before every mutation, on every rerun: refused before any work starts.
+        if self.max_llm_calls is not None and 0 < self.max_llm_calls < CALLS_PER_SOURCE:
+            raise UserError(
+                f"--max-llm-calls {self.max_llm_calls} cannot pay for one mutation, which may take "
+                f"{CALLS_PER_SOURCE} calls (one more when an answer holds no prompt); give at least "
+                f"{CALLS_PER_SOURCE}, or 0 to render and score only the original prompts."
+            )
 
 
 @dataclass
@@ -155,8 +169,8 @@ class Evolution:
         budget = self.options.max_llm_calls
         if budget is None:
             return todo
-        # Each source may need a second call (when the first answer holds no prompt): reserve two.
-        room = max((budget - self.stats.llm_calls) // 2, 0)
+        # Reserved whole: a source stopped between its two calls would ask its first one again on resume.
+        room = max((budget - self.stats.llm_calls) // CALLS_PER_SOURCE, 0)
         return todo[:room]
 
     def _ask(self, mutator, sid: str, iteration: int) -> list[Candidate]:
@@ -170,7 +184,7 @@ class Evolution:
         from paav_cli.text.evolution import normalise
 
         seen_keys = {normalise(p) for p in seen}
-        for attempt in range(2):  # ask again once when an answer holds no usable prompt
+        for attempt in range(CALLS_PER_SOURCE):  # ask again once when an answer holds no usable prompt
             self.stats.llm_calls += 1
             [answer] = mutator.generate(
                 messages, n=1, temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens,
