@@ -334,16 +334,19 @@ def evolve_cmd(
     max_llm_calls: int | None = typer.Option(None, "--max-llm-calls", min=0, help="Stop cleanly after this many mutator calls."),
     shard: str | None = typer.Option(None, "--shard", help="Only part i of n of the sources, e.g. 1/4 (for several machines)."),
     concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Mutator requests in flight (API mutators)."),
+    memory: Memory | None = typer.Option(None, "--memory", help="Instead of the recipe's: none (the CPU mode), model, sequential."),
 ) -> None:
     """Evolve prompts: render, score, mutate (x iterations); write RUN/evolve/pairs.jsonl."""
     from paav_cli.evolve import evolve_run
     from paav_cli.evolve.engine import EvolveOptions
     from paav_cli.evolve.select import parse_shard
     from paav_cli.recipe import load_recipe
+    from paav_cli.video.render import check_memory
 
     loaded = load_recipe(recipe)
     options = EvolveOptions(max_videos=max_videos, max_llm_calls=max_llm_calls, shard=parse_shard(shard),
-                            concurrency=concurrency)
+                            concurrency=concurrency, memory=memory.value if memory else None)
+    check_memory(options.memory or loaded.render.memory)  # before the run folder records anything
     view = _live(loaded.evolve.iterations)
     try:
         summary = evolve_run(prompts, loaded, run, mutator=mutator, max_digits=max_digits, options=options, view=view)
@@ -528,6 +531,7 @@ def run_cmd(
     prompts: str | None = typer.Option(None, "--prompts", help="Evolve's source prompts (default: the recipe's)."),
     from_stage: str | None = typer.Option(None, "--from", help="Redo from this stage (evolve, sft, rank, dpo-1, ...)."),
     until: str | None = typer.Option(None, "--until", help="Stop after this stage."),
+    memory: Memory | None = typer.Option(None, "--memory", help="Instead of the recipe's: none (the CPU mode), model, sequential."),
 ) -> None:
     """The whole method: evolve -> sft -> rank -> dpo (rounds) -> export -> eval, resumable."""
     from paav_cli.pipeline import run_recipe
@@ -536,7 +540,7 @@ def run_cmd(
     loaded = load_recipe(recipe)
     try:
         run_recipe(loaded, run, prompts=prompts, from_stage=from_stage, until=until,
-                   echo=lambda line: print(line, file=sys.stderr))
+                   memory=memory.value if memory else None, echo=lambda line: print(line, file=sys.stderr))
     except KeyboardInterrupt:
         _interrupted("finished stages and work are")
     _print_stages(run)

@@ -33,12 +33,17 @@ def export_path(run: Path, recipe: Recipe) -> Path:
     return run / "export" / f"booster-{recipe.pipeline.export_quant}.gguf"
 
 
-def _stage_runner(name: str, recipe: Recipe, run: Path, prompts: str | None, force: bool) -> Callable[[], dict]:
+def _stage_runner(name: str, recipe: Recipe, run: Path, prompts: str | None, force: bool,
+                  memory: str | None = None) -> Callable[[], dict]:
     p = recipe.pipeline
     if name == "evolve":
-        from paav_cli.evolve import evolve_run
+        from paav_cli.evolve import EvolveOptions, evolve_run
 
-        return lambda: evolve_run(prompts or data_file(p.prompts, "prompts"), recipe, str(run))
+        return lambda: evolve_run(prompts or data_file(p.prompts, "prompts"), recipe, str(run),
+                                  options=EvolveOptions(memory=memory))
+    if memory:
+        # Only evolve records (and compares) its recipe; the later stages just render with it.
+        recipe = recipe.model_copy(update={"render": recipe.render.model_copy(update={"memory": memory})})
     if name == "sft":
         return lambda: _sft(recipe, run, force)
     if name == "rank":
@@ -89,37 +94,57 @@ def _eval(recipe: Recipe, run: Path) -> dict:
 
 
 def run_recipe(recipe: Recipe, run: str, *, prompts: str | None = None, from_stage: str | None = None,
-               until: str | None = None, echo: Callable[[str], None] = print) -> dict:
+               until: str | None = None, memory: str | None = None,
+               echo: Callable[[str], None] = print) -> dict:
+    """`memory` overrides the recipe's [render] memory mode for every stage; like the recipe's own
+    mode it is checked against this machine before the run folder records anything."""
     names = stage_names(recipe)
     for given, flag in ((from_stage, "--from"), (until, "--until")):
         if given is not None and given not in names:
             raise UserError(f"{flag} {given!r} is not a stage of this recipe; the stages are {', '.join(names)}.")
     _check_models(recipe)
     _check_data(recipe, prompts)
+    before = read_manifest(Path(run))
+    done = {k for k, v in before.get("stages", {}).items() if v.get("status") == "done"}
+    todo = _stages_to_run(names, done, from_stage, until)
+    if any(_renders(name, recipe) for name in todo):
+        from paav_cli.video.render import check_memory
+
+        check_memory(memory or recipe.render.memory)
     run_dir = prepare_run_folder(Path(run))
     from paav_cli.evolve import recipe_hash
 
-    before = read_manifest(run_dir).get("recipe_hash")
-    if before and before != recipe_hash(recipe):
+    if before.get("recipe_hash") and before["recipe_hash"] != recipe_hash(recipe):
         raise UserError(f"{run} was made with different recipe settings; resume it with the same recipe, "
                         "or start a new --run folder.")
-    done = {k for k, v in read_manifest(run_dir).get("stages", {}).items() if v.get("status") == "done"}
-    start = names.index(from_stage) if from_stage else 0
-    for index, name in enumerate(names):
-        if index < start and name in done:
+    for name in names[: names.index(until) + 1 if until else None]:
+        if name not in todo:
+            if from_stage is None:
+                echo(f"{name}: done already")
             continue
-        if name in done and from_stage is None:
-            echo(f"{name}: done already")
-        else:
-            echo(f"{name}: running")
-            summary = _stage_runner(name, recipe, run_dir, prompts, force=from_stage is not None)()
-            if summary.get("status") not in (None, "done"):
-                echo(f"{name}: stopped ({summary.get('stopped') or summary.get('status')}); run again to go on.")
-                return read_manifest(run_dir)
-            echo(f"{name}: done")
-        if name == until:
-            break
+        echo(f"{name}: running")
+        summary = _stage_runner(name, recipe, run_dir, prompts, force=from_stage is not None, memory=memory)()
+        if summary.get("status") not in (None, "done"):
+            echo(f"{name}: stopped ({summary.get('stopped') or summary.get('status')}); run again to go on.")
+            return read_manifest(run_dir)
+        echo(f"{name}: done")
     return read_manifest(run_dir)
+
+
+def _stages_to_run(names: list[str], done: set[str], from_stage: str | None, until: str | None) -> list[str]:
+    """Without --from, the stages not done yet; with it, every stage from there on, and any earlier
+    one not done yet. Either way up to --until."""
+    start = names.index(from_stage) if from_stage else None
+    last = names.index(until) if until else len(names) - 1
+    return [name for index, name in enumerate(names[: last + 1])
+            if name not in done or (start is not None and index >= start)]
+
+
+def _renders(stage: str, recipe: Recipe) -> bool:
+    """Whether a stage loads the generator (sft and export never do; eval not in text-only mode)."""
+    if stage in ("sft", "export"):
+        return False
+    return not (stage == "eval" and recipe.pipeline.eval_text_only)
 
 
 def _check_data(recipe: Recipe, prompts: str | None) -> None:

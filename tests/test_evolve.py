@@ -20,6 +20,7 @@ from paav_cli.evolve import evolve_run, merge_runs
 from paav_cli.evolve.engine import EvolveOptions
 from paav_cli.recipe import load_recipe
 from paav_cli.runs import read_journal
+from paav_cli.video.render import accelerator
 
 SOURCES = ["a cat playing piano", "a red car in the rain", "a fox in the snow"]
 
@@ -410,3 +411,34 @@ def test_a_call_budget_that_cannot_pay_for_a_mutation_is_refused_before_any_work
                 "--max-llm-calls", "1")
     assert_user_error(proc, "--max-llm-calls 1", "at least 2")
     assert not run.exists()
+
+
+def write_gpu_recipe(tmp_path: Path) -> Path:
+    """The tiny recipe as a GPU recipe would run it: model CPU offload."""
+    path = write_recipe(tmp_path, iterations=1)
+    path.write_text(path.read_text() + '\n[render]\nmemory = "model"\n')
+    return path
+
+
+@pytest.mark.skipif(accelerator() is not None, reason="this machine has an accelerator")
+def test_a_gpu_recipe_on_a_cpu_leaves_no_run_folder_and_runs_with_memory_none(tmp_path):
+    run = tmp_path / "run"
+    sources = write_sources(tmp_path, SOURCES[:1])
+    shipped = paav("evolve", sources, "--recipe", "cogvideox-2b", "--run", str(run))
+    assert_user_error(shipped, "memory mode 'model'", "--memory none")
+    assert not run.exists()  # nothing recorded, so nothing locks the folder to that recipe
+    recipe = str(write_gpu_recipe(tmp_path))
+    assert_user_error(paav("evolve", sources, "--recipe", recipe, "--run", str(run)), "--memory none")
+    assert not run.exists()
+    args = ("evolve", sources, "--recipe", recipe, "--run", str(run), "--memory", "none",
+            "--max-llm-calls", "0")
+    first = paav(*args)
+    assert first.returncode == 0, first.stderr
+    assert len(journal(tmp_path)) == 1
+    # The override is how to run, not what to compute: the run keeps the recipe as written and
+    # resumes with or without it (here: without, on a GPU; with, on a CPU).
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["recipe"]["render"]["memory"] == "model"
+    again = paav(*args)
+    assert again.returncode == 0, again.stderr
+    assert len(journal(tmp_path)) == 1

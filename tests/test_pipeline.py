@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from conftest import assert_user_error, paav
 
+from paav_cli.errors import UserError
 from paav_cli.pipeline import run_recipe, stage_names
 from paav_cli.recipe import RECIPES_DIR, load_recipe
 from paav_cli.runs import read_journal, read_manifest
+from paav_cli.video.render import accelerator
 
 
 def fast_recipe(tmp_path: Path) -> Path:
@@ -92,3 +94,47 @@ def test_bad_input(tmp_path):
     assert paav("run", str(recipe), "--run", str(tmp_path / "r2"), "--until", "evolve").returncode == 0
     assert_user_error(paav("run", str(other), "--run", str(tmp_path / "r2")), "different recipe settings")
     assert_user_error(paav("runs", "show", str(tmp_path / "nowhere")), "not a paav run folder")
+
+
+def gpu_recipe(tmp_path: Path) -> Path:
+    """The fast tiny recipe as a GPU recipe would run it: model CPU offload."""
+    path = fast_recipe(tmp_path)
+    path.write_text(path.read_text().replace("[render]\n", '[render]\nmemory = "model"\n', 1))
+    return path
+
+
+@pytest.mark.skipif(accelerator() is not None, reason="this machine has an accelerator")
+def test_a_gpu_recipe_on_a_cpu_is_refused_before_the_run_folder_and_runs_with_memory_none(tmp_path):
+    run = tmp_path / "run"
+    assert_user_error(paav("run", "cogvideox-2b", "--run", str(run)), "memory mode 'model'", "--memory none")
+    assert not run.exists()
+    recipe = gpu_recipe(tmp_path)
+    assert_user_error(paav("run", str(recipe), "--run", str(run)), "--memory none")
+    assert not run.exists()
+    one = tmp_path / "one.txt"
+    one.write_text("a cat playing piano\n")
+    proc = paav("run", str(recipe), "--run", str(run), "--prompts", str(one), "--until", "evolve",
+                "--memory", "none")
+    assert proc.returncode == 0, proc.stderr
+    assert read_manifest(run)["stages"]["evolve"]["status"] == "done"
+    assert read_manifest(run)["recipe"]["render"]["memory"] == "model"  # the recipe as written
+
+
+@pytest.mark.skipif(accelerator() is not None, reason="this machine has an accelerator")
+def test_stages_that_render_nothing_run_on_a_cpu_without_memory_none(tmp_path, monkeypatch):
+    from paav_cli.evolve import recipe_hash
+    from paav_cli.runs import update_manifest
+
+    recipe = load_recipe(str(gpu_recipe(tmp_path)))
+    run = tmp_path / "run"
+    run.mkdir()
+    update_manifest(run, recipe=recipe.model_dump(), recipe_hash=recipe_hash(recipe),
+                    stages={name: {"status": "done"} for name in ("evolve", "sft", "rank", "dpo-1", "dpo-2")})
+    ran = []
+    monkeypatch.setattr("paav_cli.pipeline._stage_runner",
+                        lambda name, *a, **k: lambda: ran.append(name) or {})
+    run_recipe(recipe, str(run), until="export", echo=lambda _: None)
+    assert ran == ["export"]
+    with pytest.raises(UserError, match="--memory none"):
+        run_recipe(recipe, str(run), echo=lambda _: None)  # eval renders
+    assert ran == ["export"]

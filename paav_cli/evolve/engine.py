@@ -36,6 +36,9 @@ class EvolveOptions:
     max_llm_calls: int | None = None
     shard: tuple[int, int] | None = None
     concurrency: int | None = None  # overrides the recipe
+    # Overrides the recipe's [render] memory without changing the recipe a run folder records: the
+    # same run resumes on a GPU with offload and on a CPU without.
+    memory: str | None = None
 
     def __post_init__(self):
         # A source's mutation is paid for whole (see _within_call_budget), so a budget of one call
@@ -127,7 +130,8 @@ class Evolution:
         budget = self.options.max_videos
         try:
             paths, keys = render_phase(self.recipe, [c.prompt for c in pending], phase,
-                                       max_new=None if budget is None else budget - self.stats.rendered)
+                                       max_new=None if budget is None else budget - self.stats.rendered,
+                                       memory=self.options.memory)
         except BudgetReached:
             self.stats.rendered += phase.rendered
             raise BudgetReached(f"--max-videos {budget} reached during iteration {iteration}") from None

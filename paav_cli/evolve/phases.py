@@ -36,15 +36,16 @@ def render_job(recipe: Recipe, prompt: str):
 
 
 def render_phase(recipe: Recipe, prompts: list[str], stats: PhaseStats, *, max_new: int | None = None,
-                 progress=None) -> tuple[list[Path], list[str]]:
-    """Paths and render keys of every prompt's video; at most `max_new` new renders (BudgetReached after)."""
+                 progress=None, memory: str | None = None) -> tuple[list[Path], list[str]]:
+    """Paths and render keys of every prompt's video; at most `max_new` new renders (BudgetReached after).
+    `memory` overrides the recipe's memory mode (it changes no pixel, so it is no part of the recipe)."""
     from paav_cli.registry import Registry
     from paav_cli.video.render import RenderOptions, VideoGenerator
 
     r = recipe.render
     entry = Registry.load().get(recipe.models.generator, "generators")
     gen = VideoGenerator(entry, RenderOptions(
-        memory=r.memory, vae_tiling=r.vae_tiling, dtype=None if r.dtype == "auto" else r.dtype,
+        memory=memory or r.memory, vae_tiling=r.vae_tiling, dtype=None if r.dtype == "auto" else r.dtype,
     ))
     jobs = [render_job(recipe, p) for p in prompts]
     settings = gen.resolve(jobs)

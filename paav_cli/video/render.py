@@ -55,6 +55,17 @@ def check_options(options: RenderOptions) -> None:
         raise UserError(f"memory mode {options.memory!r} is not one of {', '.join(MEMORY_MODES)}.")
 
 
+def check_memory(memory: str) -> None:
+    """Refuse an offload mode on a machine without an accelerator. Commands that make a run folder
+    call this before it records anything, so a refused start leaves nothing behind."""
+    check_options(RenderOptions(memory=memory))
+    if memory != "none" and accelerator() is None:
+        raise UserError(
+            f"memory mode {memory!r} offloads to an accelerator and this machine has none; use --memory none "
+            '(or memory = "none" under [render] in a recipe) to render on the CPU.'
+        )
+
+
 def default_dtype(options: RenderOptions, device: str | None) -> str:
     return options.dtype or ("bf16" if device else "fp32")
 
@@ -89,13 +100,8 @@ class VideoGenerator:
     # -- the pipeline
 
     def _device(self) -> str | None:
-        device = accelerator()
-        if self.options.memory != "none" and device is None:
-            raise UserError(
-                f"memory mode {self.options.memory!r} offloads to an accelerator and this machine has none; "
-                "use --memory none to render on the CPU."
-            )
-        return device
+        check_memory(self.options.memory)
+        return accelerator()
 
     def load(self):
         if self.pipe is not None:
