@@ -119,3 +119,25 @@ def test_a_gguf_with_a_hostile_template_is_one_sentence_from_the_cli(tmp_path, m
     monkeypatch.setattr(tiny_gguf, "CHAT_TEMPLATE", "{{ 'x' * 10**9 }}")
     big = tiny_gguf.build_tiny_gguf(tmp_path / "big.gguf")
     assert_user_error(paav("enhance", "-m", str(big), "a cat", timeout=120), f"the chat template in {big}", "over the limit")
+
+
+def test_a_hugging_face_folder_with_a_hostile_template_is_one_sentence_before_training(tmp_path, monkeypatch):
+    """transformers renders chat_template.jinja without bounds: paav renders it bounded first."""
+    from transformers import AutoTokenizer
+
+    from paav_cli.testing.tiny_llm import build_tiny_qwen2
+    from paav_cli.train.chat import tokenize_with_mask
+    from paav_cli.train.dpo import fit_prompts
+
+    folder = build_tiny_qwen2(tmp_path / "qwen")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    good = tokenize_with_mask(tokenizer, "a cat", "A cat sits.", 512)
+    assert sum(good["completion_mask"]) > 0
+
+    monkeypatch.setattr(chat_template, "MAX_SECONDS", 1.0)
+    tokenizer.chat_template = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+    for run in (lambda: tokenize_with_mask(tokenizer, "a cat", "A cat sits.", 512),
+                lambda: fit_prompts(tokenizer, ["a cat"], 256)):
+        with pytest.raises(UserError, match="ran longer than") as err:
+            run()
+        assert str(folder) in str(err.value) and "\n" not in str(err.value)

@@ -333,8 +333,9 @@ def _reason(e: BaseException) -> str:
 
 
 def render_chat_template(template: str, messages: list[dict], *, source: str, bos_token: str = "",
-                         eos_token: str = "", add_generation_prompt: bool = True) -> str:
-    """The template rendered for `messages`, or a UserError naming `source` (the file it came from)."""
+                         eos_token: str = "", add_generation_prompt: bool = True, **tokens) -> str:
+    """The template rendered for `messages`, or a UserError naming `source` (the file it came from).
+    `tokens`: further special-token strings the template may use (transformers passes unk_token, ...)."""
     if len(template) > MAX_TEMPLATE:
         raise UserError(
             f"the chat template in {source} is {len(template):,} characters, over the limit of "
@@ -345,7 +346,7 @@ def render_chat_template(template: str, messages: list[dict], *, source: str, bo
         compiled = _compiled(template)
         _state.deadline = time.monotonic() + MAX_SECONDS
         return compiled.render(
-            messages=messages, bos_token=bos_token, eos_token=eos_token,
+            **tokens, messages=messages, bos_token=bos_token, eos_token=eos_token, documents=None,
             add_generation_prompt=add_generation_prompt, raise_exception=_raise_exception,
             strftime_now=_strftime_now, functions=None, function_call=None, tools=None, tool_choice=None,
         )
@@ -355,3 +356,18 @@ def render_chat_template(template: str, messages: list[dict], *, source: str, bo
         ) from None
     finally:
         _state.deadline = previous
+
+
+def check_hf_chat_template(tokenizer, messages: list[dict], *, add_generation_prompt: bool) -> None:
+    """Render a Hugging Face tokenizer's chat template (its chat_template.jinja or tokenizer_config.json)
+    for `messages` in the bounded sandbox first. transformers renders it in a sandbox without bounds,
+    so a hostile template would hang or exhaust memory there; after this check it renders the same
+    messages itself (its output stays the one used, exactly as before)."""
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # named templates: transformers uses "default"
+        template = template.get("default")
+    if not isinstance(template, str):
+        return
+    tokens = {"bos_token": "", "eos_token": "", **tokenizer.special_tokens_map}
+    source = str(tokenizer.name_or_path or "the tokenizer")
+    render_chat_template(template, messages, source=source, add_generation_prompt=add_generation_prompt, **tokens)

@@ -30,6 +30,9 @@ def conversation(source: str, target: str) -> list[dict]:
 
 
 def _ids(tokenizer, messages, add_generation_prompt: bool) -> list[int]:
+    from paav_cli.text.chat_template import check_hf_chat_template
+
+    check_hf_chat_template(tokenizer, messages, add_generation_prompt=add_generation_prompt)
     out = tokenizer.apply_chat_template(
         messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
     )

@@ -76,7 +76,10 @@ def resolve_device(dpo) -> dict:
 def fit_prompts(tokenizer, sources: list[str], max_prompt_length: int) -> tuple[list[str], int]:
     """The original prompts, each shortened (keeping its start) so its chat-formatted prompt fits the limit."""
 
+    from paav_cli.text.chat_template import check_hf_chat_template
+
     def length(source: str) -> int:
+        check_hf_chat_template(tokenizer, prompt_messages(source), add_generation_prompt=True)
         out = tokenizer.apply_chat_template(
             prompt_messages(source), add_generation_prompt=True, tokenize=True, return_dict=True
         )
