@@ -72,36 +72,11 @@ def no_escapes(d: Path, proc) -> str | None:
 
 
 def torchscript_archive(d: Path) -> None:
-    """A TorchScript .pth whose loading writes pwned.txt (torch.jit.load runs its __setstate__)."""
-    import warnings
+    """A TorchScript .pth whose loading writes pwned.txt, and the CLIP backbone the converter reads first."""
+    from paav_cli.testing.tiny_mps import build_tiny_clip_folder, torchscript_that_writes
 
-    import torch
-
-    from paav_cli.testing.tiny_mps import build_tiny_clip_folder
-
-    class Writer(torch.nn.Module):
-        def __init__(self, target: str):
-            super().__init__()
-            self.target = target
-            self.w = torch.zeros(2)
-
-        @torch.jit.export
-        def __getstate__(self) -> tuple[str, torch.Tensor, bool]:
-            return (self.target, self.w, self.training)
-
-        @torch.jit.export
-        def __setstate__(self, state: tuple[str, torch.Tensor, bool]) -> None:
-            self.target, self.w, self.training = state[0], state[1], state[2]
-            torch.save(self.w, self.target)
-
-        def forward(self, x):
-            return x + self.w
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.script(Writer(str(d / "pwned.txt"))), str(d / "evil.pth"))
-    (d / "pwned.txt").unlink(missing_ok=True)  # scripting runs __setstate__ once itself
-    clip = build_tiny_clip_folder(d / "clip")  # so that the command reaches the checkpoint
+    torchscript_that_writes(d / "evil.pth", d / "pwned.txt")
+    clip = build_tiny_clip_folder(d / "clip")
     user_models(f'[rewards.mps-clip]\npath = "{clip}"\nkind = "clip-backbone"\ndims = []\n')(d)
 
 

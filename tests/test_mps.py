@@ -18,7 +18,7 @@ from paav_cli.errors import UserError
 from paav_cli.rewards.base import sampled_frames
 from paav_cli.rewards.convert_mps import convert_mps
 from paav_cli.rewards.mps import DEFAULT_CONDITION, WEIGHTS_FILE, MPSReward
-from paav_cli.testing.tiny_mps import build_tiny_clip_folder, tiny_clip_config
+from paav_cli.testing.tiny_mps import build_tiny_clip_folder, tiny_clip_config, torchscript_that_writes
 from paav_cli.video.files import write_frames
 
 
@@ -459,35 +459,15 @@ def test_converter_reads_the_legacy_format(converted, tmp_path):
 
 
 def _torchscript_that_writes(path: Path, marker: Path) -> Path:
-    """A TorchScript archive whose __setstate__ runs aten::save on `marker` when it is loaded."""
     import warnings
 
-    class Writer(nn.Module):
-        def __init__(self, target: str):
-            super().__init__()
-            self.target = target
-            self.w = torch.zeros(2)
-
-        @torch.jit.export
-        def __getstate__(self) -> tuple[str, torch.Tensor, bool]:
-            return (self.target, self.w, self.training)
-
-        @torch.jit.export
-        def __setstate__(self, state: tuple[str, torch.Tensor, bool]) -> None:
-            self.target, self.w, self.training = state[0], state[1], state[2]
-            torch.save(self.w, self.target)
-
-        def forward(self, x):
-            return x + self.w
-
+    archive = torchscript_that_writes(path, marker)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.script(Writer(str(marker))), str(path))
-        marker.unlink(missing_ok=True)  # scripting runs __setstate__ once itself
-        torch.jit.load(str(path))  # the payload is live: a plain load writes the marker
+        warnings.simplefilter("ignore")  # torch.jit.load is deprecated, and still what torch.load calls
+        torch.jit.load(str(archive))  # the payload is live: a plain load writes the marker
     assert marker.exists()
     marker.unlink()
-    return path
+    return archive
 
 
 def test_torchscript_archive_is_refused_before_it_runs(tmp_path):

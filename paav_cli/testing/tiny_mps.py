@@ -59,3 +59,35 @@ def build_tiny_mps(folder: Path, seed: int = 0) -> Path:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE))
     return folder
+
+
+def torchscript_that_writes(path: Path, marker: Path) -> Path:
+    """A hostile checkpoint for the converter's tests: a TorchScript archive whose __setstate__ runs
+    aten::save on `marker` when torch.jit.load (which torch.load hands such archives to) reads it."""
+    import warnings
+
+    import torch
+
+    class Writer(torch.nn.Module):
+        def __init__(self, target: str):
+            super().__init__()
+            self.target = target
+            self.w = torch.zeros(2)
+
+        @torch.jit.export
+        def __getstate__(self) -> tuple[str, torch.Tensor, bool]:
+            return (self.target, self.w, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: tuple[str, torch.Tensor, bool]) -> None:
+            self.target, self.w, self.training = state[0], state[1], state[2]
+            torch.save(self.w, self.target)
+
+        def forward(self, x):
+            return x + self.w
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated, and still what an attacker can use
+        torch.jit.save(torch.jit.script(Writer(str(marker))), str(path))
+    marker.unlink(missing_ok=True)  # scripting runs __setstate__ once itself
+    return path
