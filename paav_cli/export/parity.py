@@ -78,6 +78,18 @@ def tokenize(path: Path, texts: list[str]) -> list[list[int]]:
         model.close()
 
 
+def logits(path: Path, texts: list[str]) -> list:
+    """llama.cpp's float32 logits for every position of each text (as verify computes them)."""
+    from paav_cli.export.verify import _llama_logits
+    from paav_cli.llm.llamacpp import LlamaCppModel
+
+    lm = LlamaCppModel(Path(path), n_threads=2, max_parallel=1)
+    try:
+        return [_llama_logits(lm, lm.tokenize(t, add_bos=lm._model.add_bos_token()), 2) for t in texts]
+    finally:
+        lm.close()
+
+
 # Keys that name or describe the file rather than the model: the reference derives them from the
 # folder name and parameter count, paav from the folder name.
 DESCRIPTIVE = ("general.name", "general.basename", "general.finetune", "general.size_label", "general.type",
@@ -120,6 +132,111 @@ def token_diff(ours: list[list[int]], ref: list[list[int]], texts: list[str]) ->
     return [f"{t!r}: paav {a}, llama.cpp {b}" for t, a, b in zip(texts, ours, ref) if a != b]
 
 
+def _default_swa_pattern(n_layers: int) -> list[bool]:
+    # llama.cpp's Gemma 3 default when the file says nothing: every sixth layer attends globally.
+    return [(i + 1) % 6 != 0 for i in range(n_layers)]
+
+
+def explain(key: str, ours: dict, ref: dict) -> str | None:
+    """Why paav's value of `key` may differ from the reference's, or None when it must not.
+
+    `ours` holds paav's metadata in full; `ref` the reference's, arrays possibly hashed (fixtures).
+    """
+    from paav_cli.export.convert import END_OF_TURN
+
+    a, b = ours.get(key), ref.get(key)
+    arch = ours.get("general.architecture", "")
+    heads, embd = ours.get(f"{arch}.attention.head_count"), ours.get(f"{arch}.embedding_length")
+    head_dim = ours.get(f"{arch}.attention.key_length") or (embd // heads if embd and heads else None)
+    if key in DESCRIPTIVE:
+        return "names the file"
+    if key.endswith((".attention.key_length", ".attention.value_length")) and a is None and b == head_dim:
+        return "llama.cpp's default (hidden size / heads)"
+    if key.endswith(".rope.dimension_count") and b is None and a == head_dim:
+        return "llama.cpp's default (the head size)"
+    if key.endswith(".vocab_size") and b is None and a == len(ours.get("tokenizer.ggml.tokens", [])):
+        return "the length of the token list"
+    if (key.endswith(".attention.sliding_window_pattern") and b is None
+            and a == _default_swa_pattern(int(ours.get(f"{arch}.block_count", 0)))):
+        return "llama.cpp's default Gemma 3 layer pattern"
+    if key in ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token") and b is None:
+        return "paav states what the transformers tokenizer does; the reference leaves llama.cpp's default"
+    if (key == "tokenizer.ggml.eot_token_id" and b is None and isinstance(a, int)
+            and ours["tokenizer.ggml.tokens"][a] in END_OF_TURN):
+        return "the end-of-turn token llama.cpp finds by its text anyway"
+    if key in ("tokenizer.ggml.add_sep_token", "tokenizer.ggml.mask_token_id") and a is None:
+        return "special tokens with no role in generation, not exported"
+    if key == "tokenizer.ggml.pre" and {a, b} == {"gemma4", "granite-embed-multi-311m"}:
+        return "two names of one llama.cpp pre-tokenizer (the reference's checksum picks the alias)"
+    return None
+
+
+def unexpected_metadata(ours: dict, ref: dict) -> list[str]:
+    """Differences `explain` has no reason for; `ref` may hold hashed arrays (fixture_value)."""
+    lines = []
+    for key in sorted(set(ours) | set(ref)):
+        a = fixture_value(ours[key]) if key in ours else None
+        if a == ref.get(key) and (key in ours) == (key in ref):
+            continue
+        if explain(key, ours, ref) is None:
+            lines.append(f"{key}: paav {_short(a)}, llama.cpp {_short(ref.get(key, '<absent>'))}")
+    return lines
+
+
+def builders() -> dict:
+    """The tiny models the parity is kept on, by name."""
+    from paav_cli.testing import tiny_export, tiny_llm
+
+    return {"tiny-llama": tiny_llm.build_tiny_llama, "tiny-qwen2": tiny_llm.build_tiny_qwen2,
+            "tiny-gemma3": tiny_llm.build_tiny_gemma3, **tiny_export.BUILDERS}
+
+
+def source_hash(folder: Path) -> str:
+    """What the tiny model was built as: its weights and tokenizer files (tensor values depend on both)."""
+    digest = hashlib.sha256()
+    for name in ("model.safetensors", "tokenizer.json"):
+        if (folder / name).is_file():
+            digest.update(name.encode())
+            with open(folder / name, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    digest.update(chunk)
+    if (folder / "tokenizer.model").is_file():
+        # Its pieces, not its bytes: a SentencePiece model also records the temporary paths it was trained from.
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+        pieces = [(sp.IdToPiece(i), sp.GetScore(i), sp.IsControl(i), sp.IsByte(i), sp.IsUnknown(i))
+                  for i in range(sp.vocab_size())]
+        digest.update(json.dumps(pieces).encode())
+    return digest.hexdigest()
+
+
+def fixture_value(value):
+    """Metadata as stored in a fixture: arrays longer than 16 by length and hash, so that files stay small."""
+    if isinstance(value, list) and len(value) > 16:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        return {"array_len": len(value), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    return value
+
+
+def record(gguf_path: Path, folder: Path) -> dict:
+    meta = fields(gguf_path)
+    return {
+        "source_sha256": source_hash(folder),
+        "metadata": {k: fixture_value(v) for k, v in meta.items()},
+        "tensors": tensors(gguf_path),
+        "tokens": tokenize(gguf_path, TRICKY),
+    }
+
+
+def compare(ours: dict, ref: dict) -> dict:
+    return {
+        "tensors": tensor_diff(ours["tensors"], ref["tensors"]),
+        "metadata": metadata_diff(ours["metadata"], ref["metadata"]),
+        "tokens": token_diff(ours["tokens"], ref["tokens"], TRICKY),
+    }
+
+
 def run_reference(llama_cpp_dir: Path, model_dir: Path, out: Path, *, outtype: str = "f32",
                   force_pre: str | None = None, timeout: float = 900) -> Path:
     """Run llama.cpp's `convert_hf_to_gguf.py` from `llama_cpp_dir` (an sdist's vendor/llama.cpp)."""
@@ -141,7 +258,7 @@ def run_reference(llama_cpp_dir: Path, model_dir: Path, out: Path, *, outtype: s
         env["PAAV_FORCE_PRE"] = force_pre
     cmd = [sys.executable, "-c", wrapper, str(llama_cpp_dir), str(model_dir), "--outtype", outtype,
            "--outfile", str(out)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0 or not Path(out).is_file():
         raise RuntimeError(f"llama.cpp's converter failed on {model_dir}:\n{done.stderr[-3000:]}")
     return Path(out)
