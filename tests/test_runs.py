@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -40,3 +41,29 @@ def test_truncate_partial_line(tmp_path):
     path.write_text("one\ntwo\nthr")
     assert truncate_partial_line(path) == 3 and path.read_text() == "one\ntwo\n"
     assert truncate_partial_line(path) == 0
+
+
+def test_truncate_partial_line_reads_back_across_chunks(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b"one\n" + b"x" * 200_000)  # a cut line longer than the tail read at once
+    assert truncate_partial_line(path) == 200_000 and path.read_bytes() == b"one\n"
+    path.write_bytes(b"y" * 70_000)  # no newline at all
+    assert truncate_partial_line(path) == 70_000 and path.read_bytes() == b""
+
+
+def test_a_file_lock_is_one_holder_at_a_time_shared_within_a_process(tmp_path):
+    import subprocess
+    import sys
+
+    from paav_cli.runs import FileLock
+
+    path = tmp_path / ".lock"
+    with FileLock(path, "busy {pid}") as outer:
+        outer.write({"note": 1})
+        with FileLock(path, "busy {pid}") as inner:  # the same process again: shared, not refused
+            assert inner.read()["note"] == 1
+        probe = "from paav_cli.runs import FileLock; FileLock(__import__('sys').argv[1], 'busy {pid}').acquire()"
+        other = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
+        assert other.returncode != 0 and f"UserError: busy {os.getpid()}" in other.stderr
+    free = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
+    assert free.returncode == 0, free.stderr
