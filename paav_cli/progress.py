@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -13,6 +14,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.text import Text
+
+from paav_cli.prompt_files import plain_line
 
 
 def _average_rate(task) -> float | None:
@@ -87,7 +90,10 @@ class TwoLevelProgress:
     # -- render hooks (video/render.py RenderProgressHook)
 
     def start_video(self, label: str, steps: int) -> None:
-        short = label if len(label) <= 40 else label[:39] + "…"
+        # The label is a prompt from an input file: its escape sequences must not reach the
+        # terminal, nor its brackets be read as rich markup.
+        label = plain_line(label)
+        short = escape(label if len(label) <= 40 else label[:39] + "…")
         if self._inner is None:
             self._inner = self._progress.add_task(f"  {short}", total=steps)
         else:
