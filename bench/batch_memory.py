@@ -42,18 +42,17 @@ def measure(n: int, folder: Path, model: str, parallel: int, env: dict) -> dict:
     args = [sys.executable, "-m", "paav_cli", "enhance", "-m", model, "-i", str(source), "-o", str(out),
             "--seed", "0", "--parallel", str(parallel)]
     started = time.perf_counter()
-    log = open(folder / f"stderr-{n}.txt", "wb")  # a file, not a pipe: warnings must never block the child
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=folder)
-    first = None
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if first is None and out.exists() and out.stat().st_size > 0:
-            first = time.perf_counter() - started
-        if pid:
-            break
-        time.sleep(0.01)
+    with open(folder / f"stderr-{n}.txt", "wb") as log:  # a file, not a pipe: warnings never block the child
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=folder)
+        first = None
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if first is None and out.exists() and out.stat().st_size > 0:
+                first = time.perf_counter() - started
+            if pid:
+                break
+            time.sleep(0.01)
     seconds = time.perf_counter() - started
-    log.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"{n} prompts: paav exited {proc.returncode}: {(folder / f'stderr-{n}.txt').read_text()[-2000:]}")

@@ -19,7 +19,14 @@ from pathlib import Path
 from paav_cli import paths, registry
 from paav_cli.errors import UserError
 from paav_cli.prompt_files import (
-    PromptRecord, PromptSource, RecordWriter, existing_records, output_lock, plain_line, prepare_output, show,
+    PromptRecord,
+    PromptSource,
+    RecordWriter,
+    existing_records,
+    output_lock,
+    plain_line,
+    prepare_output,
+    show,
 )
 from paav_cli.text.budget import TokenCounter, counter_for, trim_to_budget
 from paav_cli.text.clean import clean, drop_copied_sentences, problem

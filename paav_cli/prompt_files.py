@@ -131,10 +131,8 @@ def _lines(stream: BinaryIO, where: str, keep_ends: bool = False) -> Iterator[tu
         if keep_ends:
             yield number, text
             continue
-        if text.endswith("\n"):
-            text = text[:-1]
-        if text.endswith("\r"):
-            text = text[:-1]
+        text = text.removesuffix("\n")
+        text = text.removesuffix("\r")
         yield number, text
 
 

@@ -13,7 +13,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from paav_cli.errors import UserError
 
@@ -168,7 +168,7 @@ class FileLock:
     process (a pipeline stage inside `paav run`), it is shared and released with the last holder.
     """
 
-    _held: dict[str, tuple[int, int]] = {}  # resolved path -> (fd, holders in this process)
+    _held: ClassVar[dict[str, tuple[int, int]]] = {}  # resolved path -> (fd, holders in this process)
 
     def __init__(self, path: Path, busy: str):
         self.path = Path(path)

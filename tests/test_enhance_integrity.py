@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import resource
 import signal
 import subprocess
@@ -15,8 +14,6 @@ import time
 
 import pytest
 from conftest import assert_user_error, paav
-
-from paav_cli.testing.tiny_gguf import EXPECTED_CONTINUATIONS
 
 CLI = [sys.executable, "-m", "paav_cli"]
 
@@ -156,7 +153,7 @@ def test_rerun_of_a_csv_whose_prompt_holds_a_carriage_return(tmp_path):
 def test_stdout_on_a_full_disk_is_one_sentence(tmp_path, args):
     (tmp_path / "in.txt").write_text("a cat\na dog\n")
     with open("/dev/full", "w") as full:
-        proc = subprocess.run([*CLI, "-m", "tiny", "--seed", "0", *args], stdout=full, stderr=subprocess.PIPE)
+        proc = subprocess.run([*CLI, "-m", "tiny", "--seed", "0", *args], stdout=full, stderr=subprocess.PIPE, check=False)
     stderr = proc.stderr.decode()
     assert proc.returncode == 2, stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
@@ -173,14 +170,14 @@ def test_an_output_file_that_cannot_grow_is_one_sentence_and_the_rerun_completes
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
 
-    proc = subprocess.run(args, capture_output=True, preexec_fn=small_disk)
+    proc = subprocess.run(args, capture_output=True, preexec_fn=small_disk, check=False)
     stderr = proc.stderr.decode()
     assert proc.returncode == 2 and "Traceback" not in stderr, stderr
     assert [x for x in stderr.splitlines() if x.strip()] == [x for x in stderr.splitlines() if x.startswith("error: cannot write out.jsonl")]
     kept = (tmp_path / "out.jsonl").read_bytes()
     assert 0 < len(kept) <= 2048
     # The rerun on the same small disk fails the same way, keeping what is there.
-    proc = subprocess.run(args, capture_output=True, preexec_fn=small_disk)
+    proc = subprocess.run(args, capture_output=True, preexec_fn=small_disk, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr.decode()
     done = paav(*args[3:])
     assert done.returncode == 0, done.stderr

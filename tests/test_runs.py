@@ -63,7 +63,7 @@ def test_a_file_lock_is_one_holder_at_a_time_shared_within_a_process(tmp_path):
         with FileLock(path, "busy {pid}") as inner:  # the same process again: shared, not refused
             assert inner.read()["note"] == 1
         probe = "from paav_cli.runs import FileLock; FileLock(__import__('sys').argv[1], 'busy {pid}').acquire()"
-        other = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
+        other = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=False)
         assert other.returncode != 0 and f"UserError: busy {os.getpid()}" in other.stderr
-    free = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
+    free = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=False)
     assert free.returncode == 0, free.stderr

@@ -24,7 +24,12 @@ from paav_cli.evolve.state import EvolveState
 from paav_cli.prompt_files import PromptRecord, read_prompts
 from paav_cli.recipe import Recipe
 from paav_cli.runs import (
-    atomic_write_text, locked_run_folder, prepare_run_folder, read_journal, read_manifest, update_manifest,
+    atomic_write_text,
+    locked_run_folder,
+    prepare_run_folder,
+    read_journal,
+    read_manifest,
+    update_manifest,
 )
 
 
