@@ -432,7 +432,15 @@ def enhance_records(records, output, opts, *, as_json=False, overwrite=False, wa
                 # Which prompts are left out must be known before resuming: outputs are matched to
                 # jobs by position, so the same ones must be left out on every run.
                 booster = _load_booster(opts)
-                leave_out = _too_long(booster, records, opts, warn)
+                too_long = _too_long(booster, records, opts)
+                if len(too_long) == len(records):
+                    raise UserError(
+                        f"no prompt fits the booster's {booster.model.max_context}-token context with "
+                        f"--max-tokens {opts.max_tokens}; shorten the prompts or lower --max-tokens."
+                    )
+                for message in too_long.values():
+                    warn(f"skipped: {message.removesuffix('; shorten it.')}.")
+                leave_out = frozenset(too_long)
             total = (len(records) - len(leave_out)) * opts.n
             start = _resume_point(output, iter_jobs(records, opts.n, 0, leave_out), total)
             if opts.seed is None:
@@ -443,7 +451,7 @@ def enhance_records(records, output, opts, *, as_json=False, overwrite=False, wa
                 return summary
             if booster is None:
                 booster = _load_booster(opts)
-                _too_long(booster, islice(records, start // opts.n, None), opts, warn, stop=True)
+                _too_long(booster, islice(records, start // opts.n, None), opts, stop=True)
             if output:
                 lock.write({"settings": _settings(opts)})
             _run(booster, records, output, opts, budget, start, leave_out, summary,
@@ -458,20 +466,17 @@ def _load_booster(opts: EnhanceOptions) -> Booster:
     return Booster(resolve_model(opts.model), threads=opts.threads, parallel=opts.parallel, lora=opts.lora)
 
 
-def _too_long(booster: Booster, records: Iterable[PromptRecord], opts: EnhanceOptions, warn, *, stop=False) -> frozenset[str]:
-    """The ids of prompts too long for the booster's context: the first stops the batch (`stop`),
-    or each is reported and left out."""
-    left_out = set()
+def _too_long(booster: Booster, records: Iterable[PromptRecord], opts: EnhanceOptions, *, stop=False) -> dict[str, str]:
+    """Prompts too long for the booster's context, as {id: sentence}; with `stop`, the first one raises."""
+    found = {}
     for record in records:
         tokens = booster.too_long(record.prompt, opts.max_tokens)
         if tokens is None:
             continue
-        message = too_long_message(record, tokens, booster, opts)
+        found[record.id] = too_long_message(record, tokens, booster, opts)
         if stop:
-            raise UserError(message)
-        warn(f"skipped: {message.removesuffix('; shorten it.')}.")
-        left_out.add(record.id)
-    return frozenset(left_out)
+            raise UserError(found[record.id])
+    return found
 
 
 def _run(booster, records, output, opts, budget, start, leave_out, summary, *, as_json, warn, progress_factory):

@@ -265,6 +265,8 @@ def test_on_error_skip_leaves_out_a_prompt_too_long_for_the_context(tmp_path):
     again = paav(*args)
     assert again.returncode == 0 and "(2 already there)" in again.stderr
     assert ids_of(tmp_path / "out.jsonl") == ["1", "3"]
+    (tmp_path / "long.txt").write_text("word " * 1200 + "\n")
+    assert_user_error(paav("-m", "tiny", "-i", "long.txt", "-o", "long.jsonl", "--on-error", "skip"), "no prompt fits")
 
 
 # ---------------------------------------------------------------------------------------------
