@@ -18,6 +18,7 @@ The file is written beside `out` under a temporary name and renamed when complet
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import struct
@@ -372,8 +373,16 @@ def _add_tokenizer(w: gguf.GGUFWriter, src: Source, n_vocab: int) -> None:
     else:
         raise UserError(f"{folder} has neither a byte-level BPE tokenizer.json, Gemma's tokenizer.json nor a "
                         "SentencePiece tokenizer.model; paav cannot export its tokenizer.")
-    special = gguf.SpecialVocab(folder, load_merges=merges, special_token_types=("bos", "eos", "unk", "pad"),
-                                n_vocab=n_vocab)
+    # gguf warns about the pair template of every Gemma tokenizer (its second <bos>), which
+    # paav never uses; a user reading an export's output would take it for a problem.
+    vocab_log = logging.getLogger("gguf.vocab")
+    level = vocab_log.level
+    vocab_log.setLevel(logging.ERROR)
+    try:
+        special = gguf.SpecialVocab(folder, load_merges=merges, special_token_types=("bos", "eos", "unk", "pad"),
+                                    n_vocab=n_vocab)
+    finally:
+        vocab_log.setLevel(level)
     special.add_special_token = {k: v for k, v in special.add_special_token.items() if k in ("bos", "eos")}
     _add_end_of_turn(special, folder)
     # Say it either way: llama.cpp's default is false for BPE, true for SentencePiece. Unknown here
