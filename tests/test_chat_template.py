@@ -141,3 +141,17 @@ def test_a_hugging_face_folder_with_a_hostile_template_is_one_sentence_before_tr
         with pytest.raises(UserError, match="ran longer than") as err:
             run()
         assert str(folder) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_transformers_mutator_with_a_hostile_template_is_one_sentence(tmp_path, monkeypatch):
+    from paav_cli.llm.hf import HFChat
+    from paav_cli.testing.tiny_llm import build_tiny_qwen2
+
+    folder = build_tiny_qwen2(tmp_path / "qwen")
+    chat = HFChat(folder)
+    assert chat.generate([{"role": "user", "content": "a cat"}], max_tokens=4, temperature=0)
+    monkeypatch.setattr(chat_template, "MAX_SECONDS", 1.0)
+    chat.tokenizer.chat_template = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+    with pytest.raises(UserError, match="ran longer than") as err:
+        chat.generate([{"role": "user", "content": "a cat"}], max_tokens=4)
+    assert "\n" not in str(err.value)

@@ -35,7 +35,10 @@ class HFChat:
         self, messages: list[dict], *, n: int = 1, temperature: float = 1.0, max_tokens: int = 1024,
         seed: int | None = None,
     ) -> list[str]:
+        from paav_cli.text.chat_template import check_hf_chat_template
+
         torch = self._torch
+        check_hf_chat_template(self.tokenizer, messages, add_generation_prompt=True)  # transformers' is unbounded
         ids = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         ).to(self.device)
