@@ -58,7 +58,10 @@ def test_a_second_evolve_on_one_run_folder_is_refused(tmp_path):
 
     from paav_cli.runs import read_journal
 
-    recipe, sources, run = write_recipe(tmp_path, iterations=3), write_sources(tmp_path), tmp_path / "run"
+    # Sources of its own: renders of test_evolve's sources left in the shared cache would change what
+    # test_evolve counts as loaded.
+    own = ["a heron wading at dawn", "a tram in the snow", "a kite over a beach"]
+    recipe, sources, run = write_recipe(tmp_path, iterations=3), write_sources(tmp_path, own), tmp_path / "run"
     args = ["evolve", sources, "--recipe", str(recipe), "--run", str(run)]
     first = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
