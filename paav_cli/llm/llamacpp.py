@@ -57,19 +57,32 @@ def _default_threads() -> int:
 
 
 def _busy_cores(samples: int = 3) -> int:
-    """Processes other than this one running now (Linux's run queue; 0 where it is unknown). The least
-    of a few samples 2 ms apart, so that a process only passing through is not counted."""
+    """Threads of other processes running now (Linux's run queue; 0 where it is unknown). The least of
+    a few samples 2 ms apart, so that a process only passing through is not counted."""
     import time
 
     counts = []
     for i in range(samples):
         try:
-            counts.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]))
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
         except (OSError, ValueError, IndexError):
             return 0
+        counts.append(running - _own_running_threads())
         if i < samples - 1:
             time.sleep(0.002)
-    return max(0, min(counts) - 1)  # the count includes this process, which is reading it
+    return max(0, min(counts))
+
+
+def _own_running_threads() -> int:
+    """This process's threads in the run queue: the one reading, and any that llama.cpp's OpenMP pool
+    left spinning after loading (on an idle machine the queue holds 2 once llama_cpp is imported)."""
+    n = 0
+    for stat in Path("/proc/self/task").glob("*/stat"):
+        try:
+            n += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            pass
+    return max(n, 1)
 
 
 class LlamaCppModel:
