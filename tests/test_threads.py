@@ -19,6 +19,17 @@ def test_default_threads_are_the_free_cores_and_at_least_one(monkeypatch):
         assert llamacpp._default_threads() == expected
 
 
+def test_this_process_own_running_threads_are_not_busy_cores(monkeypatch):
+    # After import, llama.cpp's OpenMP pool keeps a thread running: an idle machine's queue holds 2.
+    monkeypatch.setattr(llamacpp, "_run_queue", lambda: 2)
+    monkeypatch.setattr(llamacpp, "_own_running_threads", lambda: 2)
+    assert llamacpp._busy_cores() == 0
+    monkeypatch.setattr(llamacpp, "_run_queue", lambda: 3)
+    assert llamacpp._busy_cores() == 1
+    monkeypatch.setattr(llamacpp, "_run_queue", lambda: None)  # not Linux
+    assert llamacpp._busy_cores() == 0
+
+
 @pytest.mark.skipif(not Path("/proc/loadavg").is_file(), reason="reads Linux's run queue")
 def test_a_busy_process_is_seen_in_the_run_queue():
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]

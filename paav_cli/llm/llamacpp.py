@@ -63,14 +63,21 @@ def _busy_cores(samples: int = 3) -> int:
 
     counts = []
     for i in range(samples):
-        try:
-            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-        except (OSError, ValueError, IndexError):
+        running = _run_queue()
+        if running is None:
             return 0
         counts.append(running - _own_running_threads())
         if i < samples - 1:
             time.sleep(0.002)
     return max(0, min(counts))
+
+
+def _run_queue() -> int | None:
+    """Threads running or ready to run on this machine now, this process's included."""
+    try:
+        return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _own_running_threads() -> int:
