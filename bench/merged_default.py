@@ -67,7 +67,6 @@ def merged_convert(base: Path, lora: Path, out: Path) -> Path:
 def compare(base_f32: Path, merged_f32: Path, lora: Path, prompt: str) -> dict:
     import numpy as np
 
-    from paav_cli.export.verify import _llama_logits
     from paav_cli.llm.llamacpp import LlamaCppModel, Sampling
     from paav_cli.text.formats import build_request
 
@@ -77,57 +76,17 @@ def compare(base_f32: Path, merged_f32: Path, lora: Path, prompt: str) -> dict:
         lm = LlamaCppModel(path, n_threads=2, max_parallel=1, lora_path=adapter)
         try:
             ids = lm.encode_prompt(text)
-            logits = _llama_logits(lm, ids, 2) if adapter is None else None
+            logits = lm.all_logits(ids)  # the adapter applied, where there is one
             out = lm.complete([ids], seeds=[0], sampling=Sampling(temperature=0, max_tokens=64))[0]
             results[name] = {"ids": ids, "logits": logits, "text": out.text}
         finally:
             lm.close()
-    # llama.cpp's logits with the adapter applied: decode through the generation context itself.
-    lm = LlamaCppModel(base_f32, n_threads=2, max_parallel=1, lora_path=lora)
-    try:
-        adapter_logits = _logits_with_lora(lm, results["adapter"]["ids"])
-    finally:
-        lm.close()
+    adapter_logits = results["adapter"]["logits"]
     merged = results["merged"]["logits"]
     return {"max_abs_logit_diff": float(np.abs(merged - adapter_logits).max()),
             "logit_scale": float(np.abs(adapter_logits).max()),
             "same_text": results["merged"]["text"] == results["adapter"]["text"],
             "adapter_text": results["adapter"]["text"], "merged_text": results["merged"]["text"]}
-
-
-def _logits_with_lora(lm, ids):
-    """As verify._llama_logits, on a context that has the model's LoRA adapter set."""
-    import ctypes
-
-    import llama_cpp
-    import numpy as np
-    from llama_cpp import _internals
-
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx = max(64, len(ids) + 1)
-    params.n_batch = params.n_ubatch = max(64, len(ids))
-    params.n_threads = params.n_threads_batch = 2
-    params.type_k = params.type_v = llama_cpp.GGML_TYPE_F32
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    ctx = _internals.LlamaContext(model=lm._model, params=params, verbose=False)
-    adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(lm._lora)
-    scales = (ctypes.c_float * 1)(1.0)
-    llama_cpp.llama_set_adapters_lora(ctx.ctx, adapters, 1, scales)
-    batch = _internals.LlamaBatch(n_tokens=len(ids), embd=0, n_seq_max=1)
-    try:
-        b = batch.batch
-        for i, token in enumerate(ids):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, i, 1, True
-            b.seq_id[i][0] = 0
-        b.n_tokens = len(ids)
-        if llama_cpp.llama_decode(ctx.ctx, b) != 0:
-            raise RuntimeError("llama_decode failed")
-        ptr = llama_cpp.llama_get_logits(ctx.ctx)
-        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
-                                     shape=(len(ids), lm._model.n_vocab())).copy()
-    finally:
-        batch.close()
-        ctx.close()
 
 
 def register(path: Path) -> Path:

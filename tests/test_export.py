@@ -289,16 +289,16 @@ def _drifting(monkeypatch, amount: float) -> None:
     """llama.cpp's logits moved by up to `amount` (uniform, seeded), as float32 kernels move them."""
     import numpy as np
 
-    from paav_cli.export import verify as verify_module
+    from paav_cli.llm.llamacpp import LlamaCppModel
 
-    real = verify_module._llama_logits
+    real = LlamaCppModel.all_logits
     rng = np.random.default_rng(0)
 
-    def drifted(lm, ids, n_threads):
-        logits = real(lm, ids, n_threads)
+    def drifted(lm, ids, **kw):
+        logits = real(lm, ids, **kw)
         return (logits + rng.uniform(-amount, amount, size=logits.shape)).astype(np.float32)
 
-    monkeypatch.setattr(verify_module, "_llama_logits", drifted)
+    monkeypatch.setattr(LlamaCppModel, "all_logits", drifted)
 
 
 def test_f32_export_keeps_a_real_size_model_with_float32_drift(tmp_path, monkeypatch):

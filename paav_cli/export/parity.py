@@ -80,12 +80,11 @@ def tokenize(path: Path, texts: list[str]) -> list[list[int]]:
 
 def logits(path: Path, texts: list[str]) -> list:
     """llama.cpp's float32 logits for every position of each text (as verify computes them)."""
-    from paav_cli.export.verify import _llama_logits
     from paav_cli.llm.llamacpp import LlamaCppModel
 
     lm = LlamaCppModel(Path(path), n_threads=2, max_parallel=1)
     try:
-        return [_llama_logits(lm, lm.tokenize(t, add_bos=lm._model.add_bos_token()), 2) for t in texts]
+        return [lm.all_logits(lm.tokenize(t, add_bos=lm.adds_bos)) for t in texts]
     finally:
         lm.close()
 

@@ -16,7 +16,6 @@ rendered by llama-cpp-python's Jinja2ChatFormatter (what paav's `LlamaCppModel.c
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import numpy as np
@@ -70,15 +69,15 @@ def verify(model_dir: Path, gguf_path: Path, *, prompts: list[str] | None = None
         pairs = []  # (transformers, transformers with ggml's GELU or None, llama.cpp) logits per probe
         for text in prompts:
             hf_ids = tok(text).input_ids
-            cpp_ids = lm.tokenize(text, add_bos=lm._model.add_bos_token())
-            if lm._model.add_eos_token() and lm._model.token_eos() >= 0:
-                cpp_ids = cpp_ids + [lm._model.token_eos()]
+            cpp_ids = lm.tokenize(text, add_bos=lm.adds_bos)
+            if lm.appended_eos is not None:
+                cpp_ids = cpp_ids + [lm.appended_eos]
             if hf_ids != cpp_ids:
                 token_mismatches.append({"text": text, "hf": hf_ids, "llama_cpp": cpp_ids})
             with torch.no_grad():
                 ref = hf(torch.tensor([hf_ids])).logits[0].float().numpy()
                 ref_ggml = _with_ggml_gelu(hf, lambda ids=hf_ids: hf(torch.tensor([ids])).logits[0].float().numpy())
-            got = _llama_logits(lm, hf_ids, n_threads)
+            got = lm.all_logits(hf_ids, n_threads=n_threads)
             n = min(ref.shape[1], got.shape[1])
             pairs.append((ref[:, :n], None if ref_ggml is None else ref_ggml[:, :n], got[:, :n]))
 
@@ -95,7 +94,7 @@ def verify(model_dir: Path, gguf_path: Path, *, prompts: list[str] | None = None
                 elif hf_text is not None:
                     hf_chat_ids = tok(hf_text, add_special_tokens=False).input_ids
                     chat_tokens_ok &= hf_chat_ids == lm.encode_prompt(cpp_text)[-len(hf_chat_ids):] and \
-                        len(lm.encode_prompt(cpp_text)) - len(hf_chat_ids) in (0, int(lm._model.add_bos_token()))
+                        len(lm.encode_prompt(cpp_text)) - len(hf_chat_ids) in (0, int(lm.adds_bos))
         report = judge_logits(pairs, tolerance)
         report.update({
             "tokens_match": not token_mismatches,
@@ -183,36 +182,3 @@ def _with_ggml_gelu(hf, run):
     finally:
         for m, a in zip(mlps, saved):
             m.act_fn = a
-
-
-def _llama_logits(lm, ids: list[int], n_threads: int) -> np.ndarray:
-    """Logits for every position of `ids`, from a fresh F32-KV context."""
-    import llama_cpp
-    from llama_cpp import _internals
-
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx = max(64, len(ids) + 1)
-    params.n_batch = params.n_ubatch = max(64, len(ids))
-    params.n_seq_max = 1
-    params.n_threads = params.n_threads_batch = n_threads
-    params.type_k = params.type_v = llama_cpp.GGML_TYPE_F32
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    params.no_perf = True
-    ctx = _internals.LlamaContext(model=lm._model, params=params, verbose=False)
-    batch = _internals.LlamaBatch(n_tokens=len(ids), embd=0, n_seq_max=1)
-    try:
-        b = batch.batch
-        for i, token in enumerate(ids):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, i, 1, True
-            b.seq_id[i][0] = 0
-        b.n_tokens = len(ids)
-        code = llama_cpp.llama_decode(ctx.ctx, b)
-        if code != 0:
-            raise RuntimeError(f"llama_decode failed with code {code}")
-        n_vocab = lm._model.n_vocab()
-        ptr = llama_cpp.llama_get_logits(ctx.ctx)
-        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
-                                     shape=(len(ids), n_vocab)).copy()
-    finally:
-        batch.close()
-        ctx.close()

@@ -229,6 +229,51 @@ class LlamaCppModel:
     def context_limit(self) -> int:
         return self.max_context
 
+    # ------------------------------------------------------------------ for verification
+
+    @property
+    def adds_bos(self) -> bool:
+        """Whether tokenizing a text puts the beginning-of-sequence token first (the GGUF's add_bos_token)."""
+        return bool(self._model.add_bos_token())
+
+    @property
+    def appended_eos(self) -> int | None:
+        """The end-of-sequence id that tokenizing appends (add_eos_token), or None."""
+        eos = self._model.token_eos()
+        return eos if self._model.add_eos_token() and eos >= 0 else None
+
+    def all_logits(self, ids: Sequence[int], *, n_threads: int | None = None):
+        """Logits at every position of `ids` (numpy, positions x vocabulary), from a fresh context with
+        an F32 KV cache and the model's LoRA adapter applied: for comparing against transformers, where
+        generation's F16 cache and single-position logits would hide or add differences."""
+        import numpy as np
+
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = max(64, len(ids) + 1)
+        params.n_batch = params.n_ubatch = max(64, len(ids))
+        params.n_seq_max = 1
+        params.n_threads = params.n_threads_batch = n_threads or self.n_threads
+        params.type_k = params.type_v = llama_cpp.GGML_TYPE_F32
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.no_perf = True
+        ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
+        if self._lora is not None:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._lora)
+            llama_cpp.llama_set_adapters_lora(ctx.ctx, adapters, 1, (ctypes.c_float * 1)(1.0))
+        batch = _internals.LlamaBatch(n_tokens=len(ids), embd=0, n_seq_max=1)
+        try:
+            for i, token in enumerate(ids):
+                _add(batch, token, i, 0, True)
+            code = llama_cpp.llama_decode(ctx.ctx, batch.batch)
+            if code != 0:
+                raise RuntimeError(f"llama_decode failed with code {code}")
+            ptr = llama_cpp.llama_get_logits(ctx.ctx)
+            return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
+                                         shape=(len(ids), self._model.n_vocab())).copy()
+        finally:
+            batch.close()
+            ctx.close()
+
     # ------------------------------------------------------------------ generation
 
     def complete(
