@@ -33,20 +33,27 @@ def wait_for(condition, timeout=120):
 # 2. one writer per output and per run folder
 
 
+def second_is_refused_then_first_killed(args, started, *fragments, timeout=120):
+    """Start `paav ARGS`; once `started()`, the same command again must be refused with `fragments`
+    while the first still runs; then kill -9 the first (its lock must die with it)."""
+    first = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(started, timeout)
+        assert_user_error(paav(*args), *fragments)
+        assert first.poll() is None, "the first finished before the second started; give it more work"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+
 def test_a_second_writer_of_one_output_is_refused_and_the_lock_dies_with_kill_9(tmp_path):
     n = 400
     (tmp_path / "in.txt").write_text("\n".join(f"a fox number {i}" for i in range(n)) + "\n")
     args = ["-m", "tiny", "-i", "in.txt", "-o", "out.jsonl", "--seed", "2", "--parallel", "2"]
-    first = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = tmp_path / "out.jsonl"
-    try:
-        assert wait_for(lambda: out.exists() and out.read_text().count("\n") >= 2)
-        second = paav(*args)
-        assert_user_error(second, "another paav process", "is writing out.jsonl")
-        assert first.poll() is None, "the first batch finished before the second started; raise n"
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+    second_is_refused_then_first_killed(
+        args, lambda: out.exists() and out.read_text().count("\n") >= 2, "another paav process", "is writing out.jsonl"
+    )
     # kill -9 left the lock file behind, but not the lock: the rerun goes on.
     again = paav(*args)
     assert again.returncode == 0, again.stderr
@@ -63,15 +70,9 @@ def test_a_second_evolve_on_one_run_folder_is_refused(tmp_path):
     own = ["a heron wading at dawn", "a tram in the snow", "a kite over a beach"]
     recipe, sources, run = write_recipe(tmp_path, iterations=3), write_sources(tmp_path, own), tmp_path / "run"
     args = ["evolve", sources, "--recipe", str(recipe), "--run", str(run)]
-    first = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_for(lambda: (run / "evolve" / "candidates.jsonl").exists(), 240)
-        second = paav(*args)
-        assert_user_error(second, "another paav process", "run folder")
-        assert first.poll() is None, "the first run finished before the second started"
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+    second_is_refused_then_first_killed(
+        args, lambda: (run / "evolve" / "candidates.jsonl").exists(), "another paav process", "run folder", timeout=240
+    )
     done = paav(*args)
     assert done.returncode == 0, done.stderr
     for name in ("candidates.jsonl", "journal.jsonl"):
