@@ -174,11 +174,12 @@ def enhance(
 def models_list(
     role: str | None = typer.Option(None, "--role", help="Only this role: boosters, mutators, generators, rewards, base_llms."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON records."),
+    all_models: bool = typer.Option(False, "--all", help="Also the tiny random models of tests and the tiny-cpu recipe."),
 ) -> None:
     """Every registered model by role, with size, licence and whether it is on this machine."""
     from paav_cli.models_view import list_models
 
-    list_models(role=role, as_json=as_json)
+    list_models(role=role, as_json=as_json, include_tiny=all_models)
 
 
 @models_app.command("path")

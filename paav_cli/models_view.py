@@ -18,7 +18,9 @@ def _status(entry: registry.ModelEntry) -> str:
     return "yes" if registry.is_present(entry) else "no"
 
 
-def rows(role: str | None = None) -> list[dict]:
+def rows(role: str | None = None, *, include_tiny: bool = False) -> list[dict]:
+    """The registry's entries as table rows; tiny random test models (builder = "tiny") only on request:
+    they are for tests and the tiny-cpu recipe, and would crowd the real models out of a user's list."""
     reg = registry.Registry.load(keep_going=True)
     if reg.problem:
         import sys
@@ -33,6 +35,8 @@ def rows(role: str | None = None) -> list[dict]:
     out = []
     for r in roles:
         for entry in reg.by_role(r):
+            if entry.builder == "tiny" and not include_tiny:
+                continue
             out.append(
                 {
                     "name": entry.name,
@@ -47,8 +51,9 @@ def rows(role: str | None = None) -> list[dict]:
     return out
 
 
-def list_models(role: str | None = None, as_json: bool = False) -> None:
-    data = rows(role)
+def list_models(role: str | None = None, as_json: bool = False, *, include_tiny: bool = False) -> None:
+    """Print `rows` as one table per role, or as JSON lines."""
+    data = rows(role, include_tiny=include_tiny)
     if as_json:
         for row in data:
             print(json.dumps(row, ensure_ascii=False))

@@ -83,6 +83,19 @@ def test_models_list_shows_every_role_with_presence(tmp_path):
     assert table.returncode == 0 and "cogvideox-2b" in table.stdout
 
 
+def test_models_list_hides_tiny_test_models_unless_asked(capsys):
+    from paav_cli import cli
+
+    tiny = {e.name for e in registry.Registry.load().entries.values() if e.builder == "tiny"}
+    assert {"tiny", "tiny-wan", "tiny-llama"} <= tiny
+    assert cli.main(["models", "list", "--json"]) == 0
+    shown = {json.loads(line)["name"] for line in capsys.readouterr().out.splitlines()}
+    assert "cogvideox-2b" in shown and not shown & tiny
+    assert cli.main(["models", "list", "--json", "--all"]) == 0
+    shown = {json.loads(line)["name"] for line in capsys.readouterr().out.splitlines()}
+    assert tiny <= shown
+
+
 def test_models_path_builds_tiny_and_reports_missing(tmp_path):
     proc = paav("models", "path", "tiny")
     assert proc.returncode == 0, proc.stderr
