@@ -342,23 +342,25 @@ def test_judge_logits_argmax_and_top_k_beyond_near_ties():
     t = tol * 28.0
     assert judge_logits([(ref, None, ref.copy())], tol)["logits_ok"]
 
+    def swapped(gap: float, drift: float):
+        """Token 7 set `gap` tolerances below the top token at position 2, then both moved `drift`
+        tolerances towards each other: (reference, llama.cpp) logits."""
+        before = ref.copy()
+        before[2, 7] = ref[2, 0] - gap * t
+        after = before.copy()
+        after[2, 0] -= drift * t
+        after[2, 7] += drift * t
+        return before, after
+
     # Drift of 60% of the tolerance, opposite on two tokens 1.1 tolerances apart: the order flips.
-    flipped = ref.copy()
-    flipped[2, 7] = ref[2, 0] - 1.1 * t
-    ref_flip = flipped.copy()
-    flipped[2, 0] -= 0.6 * t
-    flipped[2, 7] += 0.6 * t
-    report = judge_logits([(ref_flip, None, flipped)], tol)
+    before, after = swapped(1.1, 0.6)
+    report = judge_logits([(before, None, after)], tol)
     assert report["rel_logit_diff"] <= tol
     assert not report["argmax_ok"] and not report["logits_ok"], report
 
     # The same within a near-tie (0.5 tolerance apart) is float noise: accepted.
-    tied = ref.copy()
-    tied[2, 7] = ref[2, 0] - 0.5 * t
-    ref_tied = tied.copy()
-    tied[2, 0] -= 0.3 * t
-    tied[2, 7] += 0.3 * t
-    report = judge_logits([(ref_tied, None, tied)], tol)
+    before, after = swapped(0.5, 0.3)
+    report = judge_logits([(before, None, after)], tol)
     assert report["argmax_agreement"] < 1.0 and report["argmax_ok"] and report["logits_ok"], report
 
     # A token pushed into the top 5 from well below it: the top-k check, not the argmax, refuses it.
