@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -154,6 +155,64 @@ def update_manifest(run: Path, **changes) -> dict:
             manifest[key] = value
     atomic_write_json(Path(run) / "manifest.json", manifest)
     return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage contract
+
+
+@dataclass
+class StageResult:
+    """What every stage function returns (evolve, sft, rank, dpo, export, eval).
+
+    `figures` are the few numbers a person reads (printed by every command the same way and shown
+    by `paav runs show`); `outputs` name what the stage wrote, by role ("pairs", "adapter", "gguf");
+    `stopped` says why a stage ended before its work was done (a budget, Ctrl-C), with status
+    "stopped"; `record` is the detail kept in the manifest but not printed (settings, versions).
+    """
+
+    stage: str
+    status: str = "done"
+    figures: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    stopped: str | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+    def to_json(self) -> dict:
+        """The result as `--json` prints it."""
+        return {"stage": self.stage, "status": self.status, "stopped": self.stopped,
+                "figures": self.figures, "outputs": self.outputs}
+
+    def manifest_entry(self) -> dict:
+        return {**self.record, "status": self.status, **({"stopped": self.stopped} if self.stopped else {}),
+                "figures": self.figures, "outputs": self.outputs}
+
+    def lines(self) -> list[str]:
+        """The result as every command prints it: the stage and its figures, then one line an output."""
+        head = f"{self.stage}: {self.status}"
+        if self.figures:
+            head += "; " + ", ".join(f"{k} {_figure(v)}" for k, v in self.figures.items())
+        if self.stopped:
+            head += f" (stopped early: {self.stopped})"
+        return [head, *(f"  {role}: {path}" for role, path in self.outputs.items())]
+
+
+def _figure(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "/".join(f"{k} {_figure(v)}" for k, v in value.items())
+    return str(value)
+
+
+def record_stage(run: Path, result: StageResult) -> dict:
+    """Record a finished (or stopped) stage in RUN/manifest.json: the one place a stage is recorded,
+    whether it ran by hand (`paav sft ...`) or inside `paav run`."""
+    return update_manifest(Path(run), stages={result.stage: result.manifest_entry()})
 
 
 # ---------------------------------------------------------------------------------------------
