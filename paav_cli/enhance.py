@@ -15,6 +15,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
+from typing import Self
 
 from paav_cli import paths, registry
 from paav_cli.errors import UserError
@@ -42,6 +43,8 @@ DEFAULT_TEMPERATURE = 0.8
 
 @dataclass
 class EnhanceOptions:
+    """The settings of a file (or single-prompt) run, as `paav enhance` takes them."""
+
     model: str = "default"
     n: int = 1
     seed: int | None = None
@@ -52,6 +55,61 @@ class EnhanceOptions:
     negative: bool = False
     parallel: int = 32
     lora: str | None = None  # a GGUF LoRA adapter applied on the booster at load time
+
+
+@dataclass(frozen=True)
+class Enhancement:
+    """One enhanced prompt.
+
+    `text` is the enhanced prompt, or the user's own prompt when the booster's output was unusable
+    twice (`fallback` is then True and `fallback_reason` says why). `first_try_problem` is why the
+    first draw was retried, if it was. `tokens` counts the booster's tokens over both tries;
+    `seconds` is the time its batch had taken when it was final. With a `target` generator,
+    `target_tokens` is the text's length in that generator's text-encoder tokens, never above
+    `target_limit` (`trimmed` says whether it had to be cut to fit).
+    """
+
+    prompt: str
+    text: str
+    model: str
+    seed: int
+    temperature: float
+    variant: int = 0
+    fallback: bool = False
+    fallback_reason: str | None = None
+    first_try_problem: str | None = None
+    tokens: int = 0
+    seconds: float = 0.0
+    negative_prompt: str | None = None
+    target: str | None = None
+    target_tokens: int | None = None
+    target_limit: int | None = None
+    trimmed: bool = False
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What decides the text of an enhancement, resolved (a seed and a temperature always set)."""
+
+    n: int
+    seed: int
+    temperature: float
+    max_tokens: int
+    target: str | None
+    negative: bool
+
+    @classmethod
+    def resolve(cls, *, n: int = 1, seed: int | None = None, temperature: float | None = None,
+                max_tokens: int = 200, target: str | None = None, negative: bool = False) -> Settings:
+        if n < 1:
+            raise UserError(f"n must be 1 or more (got {n}).")
+        if temperature is None:
+            temperature = 0.0 if n == 1 else DEFAULT_TEMPERATURE
+        return cls(n=n, seed=random.randrange(2**31) if seed is None else seed, temperature=temperature,
+                   max_tokens=max_tokens, target=target or None, negative=negative)
 
 
 @dataclass
@@ -69,21 +127,18 @@ class Budget:
     counter: TokenCounter
 
 
-@dataclass
-class Outcome:
-    enhanced: str
-    fallback: bool
-    tokens: int
-    seconds: float
-    reason: str | None = None
-    trimmed: bool = False
-
-
 class Booster:
-    """A registered booster loaded for enhancement (or an unregistered one given as a `BoosterEntry`)."""
+    """A booster loaded for enhancement; make one with `load_booster`.
+
+    `enhance(prompt)` and `enhance_many(prompts)` return `Enhancement` records. The model stays
+    loaded until `close()` (or the end of a `with` block). One Booster must not be used from two
+    threads at once: it decodes on one llama.cpp context at a time (`thread_safe` is False).
+    """
+
+    thread_safe = False
 
     def __init__(self, name: str | registry.BoosterEntry, *, threads: int | None = None, parallel: int = 32,
-                 lora: str | None = None):
+                 lora: str | None = None, label: str | None = None):
         if isinstance(name, registry.BoosterEntry):
             self.entry, name = name, name.name
         else:
@@ -96,8 +151,74 @@ class Booster:
             path, n_threads=threads, max_parallel=parallel, max_context=self.entry.context,
             state_dir=paths.cache_dir() / "prefix-states", lora_path=lora_path,
         )
-        self.name = name
+        self.name = label or name  # what records name the model by: as the caller gave it
         self.stable_prefix = self._stable_prefix()
+        self._budgets: dict[str, Budget] = {}
+
+    # -- the API ---------------------------------------------------------------------------
+
+    def enhance(self, prompt: str, *, n: int = 1, seed: int | None = None, temperature: float | None = None,
+                target: str | None = None, negative: bool = False, max_tokens: int = 200) -> list[Enhancement]:
+        """`n` enhanced variants of one prompt (variant i decodes with seed + i).
+
+        seed: None draws one; temperature: None is greedy for one variant and 0.8 for several;
+        target: a registered generator whose text-encoder budget the text must fit;
+        negative: also give the generic negative prompt the paper's generators use.
+        """
+        return list(self.enhance_many([prompt], n=n, seed=seed, temperature=temperature, target=target,
+                                      negative=negative, max_tokens=max_tokens))
+
+    def enhance_many(self, prompts: Iterable[str | PromptRecord], *, n: int = 1, seed: int | None = None,
+                     temperature: float | None = None, target: str | None = None, negative: bool = False,
+                     max_tokens: int = 200) -> Iterator[Enhancement]:
+        """Enhancements of every prompt, in input order (each prompt's `n` variants together).
+
+        Prompts are decoded together in batches of up to `parallel` sequences (a lazy iterable is
+        read one batch at a time), so a batch's records come out when that batch is done. Every
+        prompt gets the same seed, as `paav enhance -i` gives every line of a file.
+        """
+        settings = Settings.resolve(n=n, seed=seed, temperature=temperature, max_tokens=max_tokens,
+                                    target=target, negative=negative)
+        records = (_as_record(i, p) for i, p in enumerate(prompts, 1))
+        jobs = iter_jobs(records, settings.n, settings.seed)
+        while part := list(islice(jobs, self.model.max_parallel)):
+            done: dict[int, Enhancement] = {}
+            self.run(part, settings, lambda job, result, done=done: done.__setitem__(job.index, result))
+            yield from (done[job.index] for job in part)
+
+    def run(self, jobs: Iterable[Job], settings: Settings, on_result: Callable[[Job, Enhancement], None]) -> None:
+        """The callback form `enhance_many` is built on: `on_result` fires as each job is final
+        (retries included, so not in order), for writers that journal every record as it comes.
+
+        Jobs are taken and tokenised one batch at a time, so memory does not grow with their number.
+        """
+        budget = self.budget(settings.target)
+        jobs = iter(jobs)
+        while part := list(islice(jobs, self.model.max_parallel)):
+            prepared = [self.request(job.record.prompt) for job in part]
+            for job, (_, tokens) in zip(part, prepared):
+                if len(tokens) + settings.max_tokens + 1 > self.model.max_context:
+                    raise UserError(too_long_message(job.record, len(tokens), self, settings.max_tokens))
+            _run_chunk(self, part, prepared, settings, budget, on_result)
+
+    def close(self) -> None:
+        """Free the model (its llama.cpp context and weights)."""
+        self.model.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- parts -----------------------------------------------------------------------------
+
+    def budget(self, target: str | None) -> Budget | None:
+        if not target:
+            return None
+        if target not in self._budgets:
+            self._budgets[target] = resolve_budget(target)
+        return self._budgets[target]
 
     def _stable_prefix(self) -> list[int]:
         """Tokens every request starts with (the few-shot examples, a chat template's preamble)."""
@@ -125,6 +246,29 @@ class Booster:
             return None
         n = len(self.model.encode_prompt(text))
         return n if n > room else None
+
+
+def load_booster(model: str = "default", *, threads: int | None = None, lora: str | None = None,
+                 parallel: int = 32) -> Booster:
+    """Load a booster to enhance prompts with: a registered name (`paav models list`) or a GGUF file.
+
+        from paav_cli import load_booster
+        with load_booster("default") as booster:
+            print(booster.enhance("a cat playing piano")[0].text)
+
+    threads: llama.cpp threads (None: the free cores); lora: a GGUF LoRA adapter applied at load;
+    parallel: how many sequences decode together in one batch.
+    """
+    return Booster(resolve_model(model), threads=threads, parallel=parallel, lora=lora, label=model)
+
+
+def _as_record(index: int, prompt: str | PromptRecord) -> PromptRecord:
+    if isinstance(prompt, PromptRecord):
+        return prompt
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UserError(f"prompt {index} is {'empty' if isinstance(prompt, str) else type(prompt).__name__}; "
+                        "give every prompt as non-empty text.")
+    return PromptRecord(id=index, prompt=prompt.strip())
 
 
 def booster_entry_for_file(path: str) -> registry.BoosterEntry:
@@ -188,48 +332,43 @@ def _finish(prompt: str, req: BoosterRequest, raw: str, budget: Budget | None) -
     return text, problem(prompt, text), trimmed
 
 
-def run_jobs(
-    booster: Booster,
-    jobs: Iterable[Job],
-    opts: EnhanceOptions,
-    budget: Budget | None,
-    on_outcome: Callable[[Job, Outcome], None],
-) -> None:
-    """Enhance every job, calling `on_outcome` as each one is final (retries included).
-
-    Jobs are taken and tokenised one batch at a time, so memory does not grow with their number.
-    """
-    from paav_cli.llm.llamacpp import Sampling
-
-    sampling = Sampling(temperature=opts.temperature, max_tokens=opts.max_tokens)
-    jobs = iter(jobs)
-    while part := list(islice(jobs, booster.model.max_parallel)):
-        prepared = [booster.request(job.record.prompt) for job in part]
-        for job, (_, tokens) in zip(part, prepared):
-            if len(tokens) + opts.max_tokens + 1 > booster.model.max_context:
-                raise UserError(too_long_message(job.record, len(tokens), booster, opts))
-        _run_chunk(booster, part, prepared, sampling, budget, on_outcome)
-
-
-def too_long_message(record: PromptRecord, tokens: int, booster: Booster, opts: EnhanceOptions) -> str:
+def too_long_message(record: PromptRecord, tokens: int, booster: Booster, max_tokens: int) -> str:
     return (
         f"prompt {show(record.id)} is {tokens} tokens with the booster's template, too long for its "
-        f"{booster.model.max_context}-token context with --max-tokens {opts.max_tokens}; shorten it."
+        f"{booster.model.max_context}-token context with --max-tokens {max_tokens}; shorten it."
     )
 
 
-def _run_chunk(booster, jobs, prepared, sampling, budget, on_outcome) -> None:
+def _run_chunk(booster: Booster, jobs, prepared, settings: Settings, budget, on_result) -> None:
+    from paav_cli.llm.llamacpp import Sampling
+
+    sampling = Sampling(temperature=settings.temperature, max_tokens=settings.max_tokens)
     started = time.perf_counter()
     retry: list[int] = []
+    first_problem: dict[int, str] = {}
     spent = [0] * len(jobs)
+
+    def result(i: int, text: str, tokens: int, trimmed: bool, reason: str | None = None) -> Enhancement:
+        job = jobs[i]
+        return Enhancement(
+            prompt=job.record.prompt, text=text, model=booster.name, seed=job.seed,
+            temperature=settings.temperature, variant=job.variant, fallback=reason is not None,
+            fallback_reason=reason, first_try_problem=first_problem.get(i), tokens=tokens,
+            seconds=time.perf_counter() - started,
+            negative_prompt=NEGATIVE_PROMPT if settings.negative else None,
+            target=budget.target if budget else None,
+            target_tokens=budget.counter.count(text) if budget else None,
+            target_limit=budget.limit if budget else None, trimmed=trimmed,
+        )
 
     def first_try(i: int, completion) -> None:
         job, (req, _) = jobs[i], prepared[i]
         spent[i] = completion.tokens
         text, issue, trimmed = _finish(job.record.prompt, req, completion.text, budget)
         if issue is None:
-            on_outcome(job, Outcome(text, False, completion.tokens, time.perf_counter() - started, trimmed=trimmed))
+            on_result(job, result(i, text, completion.tokens, trimmed))
         else:
+            first_problem[i] = issue
             retry.append(i)
 
     booster.model.complete(
@@ -245,11 +384,10 @@ def _run_chunk(booster, jobs, prepared, sampling, budget, on_outcome) -> None:
         job, (req, _) = jobs[i], prepared[i]
         tokens = spent[i] + completion.tokens
         text, issue, trimmed = _finish(job.record.prompt, req, completion.text, budget)
-        seconds = time.perf_counter() - started
         if issue is None:
-            on_outcome(job, Outcome(text, False, tokens, seconds, trimmed=trimmed))
+            on_result(job, result(i, text, tokens, trimmed))
         else:
-            on_outcome(job, Outcome(job.record.prompt, True, tokens, seconds, reason=issue))
+            on_result(job, result(i, job.record.prompt, tokens, False, reason=issue))
 
     # Greedy decoding would repeat the failed text whatever the seed, so the retry samples.
     retry_sampling = sampling if sampling.temperature > 0 else replace(sampling, temperature=DEFAULT_TEMPERATURE)
@@ -257,10 +395,6 @@ def _run_chunk(booster, jobs, prepared, sampling, budget, on_outcome) -> None:
         [prepared[i][1] for i in retry], seeds=[jobs[i].seed + RETRY_SEED_OFFSET for i in retry],
         sampling=retry_sampling, stop=prepared[0][0].stop, on_done=second_try, stable_prefix=booster.stable_prefix,
     )
-
-
-def make_jobs(records: Iterable[PromptRecord], n: int, seed: int) -> list[Job]:
-    return list(iter_jobs(records, n, seed))
 
 
 def iter_jobs(records: Iterable[PromptRecord], n: int, seed: int, leave_out: frozenset[str] = frozenset()) -> Iterator[Job]:
@@ -274,37 +408,33 @@ def iter_jobs(records: Iterable[PromptRecord], n: int, seed: int, leave_out: fro
             index += 1
 
 
-def to_record(job: Job, outcome: Outcome, opts: EnhanceOptions, budget: Budget | None) -> dict:
+# ---------------------------------------------------------------------------------------------
+# Files: records in, records out, resumable. A layer over Booster.run.
+
+
+def to_record(job: Job, result: Enhancement) -> dict:
+    """The output record of one job: the input's own fields, then paav's."""
     record: dict = {k: v for k, v in job.record.extra.items()}
-    record.update(
-        id=job.record.id,
-        prompt=job.record.prompt,
-        enhanced=outcome.enhanced,
-        variant=job.variant,
-        model=opts.model,
-        seed=job.seed,
-        temperature=opts.temperature,
-    )
-    if opts.negative:
-        record["negative_prompt"] = NEGATIVE_PROMPT
-    record["fallback"] = outcome.fallback
-    if outcome.reason:
-        record["fallback_reason"] = outcome.reason
-    record["tokens"] = outcome.tokens
-    record["seconds"] = round(outcome.seconds, 3)
-    if budget is not None:
-        record["target"] = budget.target
-        record["target_tokens"] = budget.counter.count(outcome.enhanced)
-        record["target_limit"] = budget.limit
-        record["trimmed"] = outcome.trimmed
+    record.update(id=job.record.id, prompt=job.record.prompt, enhanced=result.text, variant=result.variant,
+                  model=result.model, seed=result.seed, temperature=result.temperature)
+    if result.negative_prompt is not None:
+        record["negative_prompt"] = result.negative_prompt
+    record["fallback"] = result.fallback
+    if result.fallback_reason:
+        record["fallback_reason"] = result.fallback_reason
+    record["tokens"] = result.tokens
+    record["seconds"] = round(result.seconds, 3)
+    if result.target is not None:
+        record.update(target=result.target, target_tokens=result.target_tokens, target_limit=result.target_limit,
+                      trimmed=result.trimmed)
     return record
 
 
-def output_columns(extras: list[str], opts: EnhanceOptions, budget: Budget | None) -> list[str]:
+def output_columns(extras: list[str], opts: EnhanceOptions) -> list[str]:
     ours = ["id", "prompt", "enhanced", "variant", "model", "seed", "temperature"]
     ours += ["negative_prompt"] if opts.negative else []
     ours += ["fallback", "fallback_reason", "tokens", "seconds"]
-    ours += ["target", "target_tokens", "target_limit", "trimmed"] if budget else []
+    ours += ["target", "target_tokens", "target_limit", "trimmed"] if opts.target else []
     return extras + [c for c in ours if c not in extras]
 
 
@@ -409,10 +539,14 @@ def enhance_file(
 
 def enhance_records(records, output, opts, *, as_json=False, overwrite=False, warn, progress_factory=None,
                     on_error="stop") -> dict:
-    """Enhance `records` (a list, or a `PromptSource` read again on each pass) into `output`."""
+    """Enhance `records` (a list, or a `PromptSource` read again on each pass) into `output`
+    (stdout when None), resuming an output that holds a leading part of them; returns a summary.
+    `opts` is left as the caller gave it."""
+    opts = replace(opts)
     if opts.temperature is None:
         opts.temperature = 0.0 if opts.n == 1 else DEFAULT_TEMPERATURE
-    budget = resolve_budget(opts.target)
+    if opts.target:
+        registry.Registry.load().get(opts.target, "generators")  # an unknown target stops before the model loads
     if output:
         prepare_output(output)
     lock = output_lock(output) if output else nullcontext()
@@ -432,15 +566,7 @@ def enhance_records(records, output, opts, *, as_json=False, overwrite=False, wa
                 # Which prompts are left out must be known before resuming: outputs are matched to
                 # jobs by position, so the same ones must be left out on every run.
                 booster = _load_booster(opts)
-                too_long = _too_long(booster, records, opts)
-                if len(too_long) == len(records):
-                    raise UserError(
-                        f"no prompt fits the booster's {booster.model.max_context}-token context with "
-                        f"--max-tokens {opts.max_tokens}; shorten the prompts or lower --max-tokens."
-                    )
-                for message in too_long.values():
-                    warn(f"skipped: {message.removesuffix('; shorten it.')}.")
-                leave_out = frozenset(too_long)
+                leave_out = _leave_out_too_long(booster, records, opts, warn)
             total = (len(records) - len(leave_out)) * opts.n
             start = _resume_point(output, iter_jobs(records, opts.n, 0, leave_out), total)
             if opts.seed is None:
@@ -454,16 +580,28 @@ def enhance_records(records, output, opts, *, as_json=False, overwrite=False, wa
                 _too_long(booster, islice(records, start // opts.n, None), opts, stop=True)
             if output:
                 lock.write({"settings": _settings(opts)})
-            _run(booster, records, output, opts, budget, start, leave_out, summary,
+            _run(booster, records, output, opts, start, leave_out, summary,
                  as_json=as_json, warn=warn, progress_factory=progress_factory)
         finally:
             if booster is not None:
-                booster.model.close()
+                booster.close()
     return summary
 
 
 def _load_booster(opts: EnhanceOptions) -> Booster:
-    return Booster(resolve_model(opts.model), threads=opts.threads, parallel=opts.parallel, lora=opts.lora)
+    return load_booster(opts.model, threads=opts.threads, parallel=opts.parallel, lora=opts.lora)
+
+
+def _leave_out_too_long(booster: Booster, records, opts: EnhanceOptions, warn) -> frozenset[str]:
+    too_long = _too_long(booster, records, opts)
+    if len(too_long) == len(records):
+        raise UserError(
+            f"no prompt fits the booster's {booster.model.max_context}-token context with "
+            f"--max-tokens {opts.max_tokens}; shorten the prompts or lower --max-tokens."
+        )
+    for message in too_long.values():
+        warn(f"skipped: {message.removesuffix('; shorten it.')}.")
+    return frozenset(too_long)
 
 
 def _too_long(booster: Booster, records: Iterable[PromptRecord], opts: EnhanceOptions, *, stop=False) -> dict[str, str]:
@@ -473,34 +611,37 @@ def _too_long(booster: Booster, records: Iterable[PromptRecord], opts: EnhanceOp
         tokens = booster.too_long(record.prompt, opts.max_tokens)
         if tokens is None:
             continue
-        found[record.id] = too_long_message(record, tokens, booster, opts)
+        found[record.id] = too_long_message(record, tokens, booster, opts.max_tokens)
         if stop:
             raise UserError(found[record.id])
     return found
 
 
-def _run(booster, records, output, opts, budget, start, leave_out, summary, *, as_json, warn, progress_factory):
+def _run(booster, records, output, opts, start, leave_out, summary, *, as_json, warn, progress_factory):
     extras = getattr(records, "extra_keys", None)
     if extras is None:
         extras = []
         for r in records:
             extras += [k for k in r.extra if k not in extras]
-    writer = RecordWriter(output, as_json=as_json, columns=output_columns(extras, opts, budget))
+    writer = RecordWriter(output, as_json=as_json, columns=output_columns(extras, opts))
     writer.open(start)
     pending = summary["jobs"] - start
     progress = progress_factory(pending) if progress_factory else None  # None: no bar
+    settings = Settings.resolve(n=opts.n, seed=opts.seed, temperature=opts.temperature,
+                                max_tokens=opts.max_tokens, target=opts.target, negative=opts.negative)
     try:
-        def on_outcome(job: Job, outcome: Outcome) -> None:
-            if outcome.fallback:
+        def on_result(job: Job, result: Enhancement) -> None:
+            if result.fallback:
                 summary["fallbacks"] += 1
-                warn(f"prompt {show(job.record.id)} kept as written: the booster's output was unusable ({outcome.reason}).")
-            writer.add(job.index, to_record(job, outcome, opts, budget))
+                warn(f"prompt {show(job.record.id)} kept as written: the booster's output was unusable "
+                     f"({result.fallback_reason}).")
+            writer.add(job.index, to_record(job, result))
             summary["done"] += 1
             if progress:
                 progress.advance()
 
         jobs = islice(iter_jobs(records, opts.n, opts.seed, leave_out), start, None)
-        run_jobs(booster, jobs, opts, budget, on_outcome)
+        booster.run(jobs, settings, on_result)
     finally:
         if progress:
             progress.close()
