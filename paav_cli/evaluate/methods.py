@@ -95,25 +95,22 @@ def _identity(method, records, on_rewrite, **_) -> None:
 
 def _boost(method: Method, records, on_rewrite, *, threads=None, progress=None) -> None:
     """Greedy, one variant, no budget trimming (the eval measures the booster's own output)."""
-    from paav_cli.enhance import Booster, EnhanceOptions, make_jobs, run_jobs
+    from paav_cli.enhance import Booster, Settings, iter_jobs
 
-    booster = Booster(method.entry if method.kind == "gguf" else method.name, threads=threads)
-    opts = EnhanceOptions(model=method.name, n=1, seed=SEED, temperature=0.0)
+    settings = Settings.resolve(n=1, seed=SEED, temperature=0.0)
     last = [time.perf_counter()]
 
-    def on_outcome(job, outcome) -> None:
+    def on_result(job, result) -> None:
         now = time.perf_counter()
         # Jobs run in parallel batches: the time since the previous one finished, so that the mean
         # over a method is its wall time per prompt.
-        on_rewrite(job.record, outcome.enhanced, outcome.fallback, now - last[0], outcome.reason)
+        on_rewrite(job.record, result.text, result.fallback, now - last[0], result.fallback_reason)
         last[0] = now
         if progress:
             progress.advance()
 
-    try:
-        run_jobs(booster, make_jobs(records, 1, SEED), opts, None, on_outcome)
-    finally:
-        booster.model.close()
+    with Booster(method.entry if method.kind == "gguf" else method.name, threads=threads, label=method.name) as booster:
+        booster.run(iter_jobs(records, 1, SEED), settings, on_result)
 
 
 def _mutate(method: Method, records, on_rewrite, *, progress=None, **_) -> None:
@@ -132,9 +129,7 @@ def _mutate(method: Method, records, on_rewrite, *, progress=None, **_) -> None:
             if progress:
                 progress.advance()
     finally:
-        close = getattr(mutator, "close", None)
-        if close:
-            close()
+        mutator.close()
 
 
 def tidy_mutator_output(original: str, raw: str) -> tuple[str, str | None]:

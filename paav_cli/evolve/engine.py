@@ -154,7 +154,7 @@ class Evolution:
         self.view.update(phase="mutating", candidates=len(todo))
         mutator = self._get_mutator()
         workers = self.options.concurrency or self.cfg.concurrency
-        workers = workers if getattr(mutator, "parallel_safe", False) else 1
+        workers = workers if mutator.parallel_safe else 1
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = {sid: pool.submit(self._ask, mutator, sid, iteration) for sid in self._within_call_budget(todo)}
             failure = None
@@ -210,7 +210,7 @@ class Evolution:
         return self._mutator
 
     def _close_mutator(self) -> None:
-        if self._mutator is not None and hasattr(self._mutator, "close"):
+        if self._mutator is not None:
             self._mutator.close()
         self._mutator = None
 

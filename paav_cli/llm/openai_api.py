@@ -123,6 +123,9 @@ class OpenAIChat:
         )
         self._api_key_env = api_key_env
 
+    def close(self) -> None:
+        self._client.close()  # its connection pool
+
     @property
     def endpoint(self) -> str:
         return shown_url(self.base_url) if self.base_url else "the OpenAI API"
