@@ -27,6 +27,14 @@ def test_chat_request_uses_the_released_instruction():
     assert content.endswith("Original prompt:\na cat\nNew prompt:\n")
 
 
+def test_training_builds_the_chat_turn_enhance_sends():
+    from paav_cli.train.chat import prompt_messages
+
+    padded = "  a cat playing piano \n"
+    assert prompt_messages(padded) == build_request("chat", padded).messages
+    assert prompt_messages(padded) == prompt_messages("a cat playing piano")  # stray whitespace is not trained on
+
+
 def test_clean_drops_a_cut_off_sentence_and_a_new_example():
     assert clean("A cat.", " It sits. It looks aro") == "A cat. It sits."
     assert clean("A cat.", " It sits.\nPrompt: a dog") == "A cat. It sits."

@@ -11,7 +11,8 @@ Three formats:
 - `chat`: the model's own chat template, with the instruction of the released Prompt-A-Video
   boosters (paper Table 7) in one user turn. Boosters trained on chat models use this.
 
-Training (`train/chat.py`) builds the same text with `completion_parts`, so the two cannot drift.
+Training (`train/chat.py`) builds the same text with `completion_parts` and `prompt_messages`, so the
+two cannot drift.
 """
 
 from __future__ import annotations
@@ -111,9 +112,21 @@ def completion_request(prompt: str) -> BoosterRequest:
     return BoosterRequest("completion", text=f"{head} {opening}", prefix=opening, stop=["\n", "Prompt:"])
 
 
+def user_turn(prompt: str) -> str:
+    """The released boosters' user turn: instruction, the original prompt, then "New prompt:".
+
+    The prompt is stripped: a pasted prompt's stray newline would otherwise sit before "New prompt:"
+    at inference and not in training (or the other way round)."""
+    return f"{RELEASED_INSTRUCTION}{prompt.strip()}{RELEASED_SUFFIX}"
+
+
+def prompt_messages(prompt: str) -> list[dict]:
+    """The chat format's input: one user turn. Training, ranking and enhance all build it here."""
+    return [{"role": "user", "content": user_turn(prompt)}]
+
+
 def chat_request(prompt: str) -> BoosterRequest:
-    content = f"{RELEASED_INSTRUCTION}{prompt.strip()}{RELEASED_SUFFIX}"
-    return BoosterRequest("chat", messages=[{"role": "user", "content": content}])
+    return BoosterRequest("chat", messages=prompt_messages(prompt))
 
 
 def build_request(prompt_format: str, prompt: str) -> BoosterRequest:

@@ -13,16 +13,7 @@ conversation, and everything after it (the answer and its end-of-turn tokens) is
 from __future__ import annotations
 
 from paav_cli.errors import UserError
-from paav_cli.text.templates import RELEASED_INSTRUCTION, RELEASED_SUFFIX
-
-
-def user_turn(source: str) -> str:
-    """The released boosters' user turn: instruction, the original prompt, then "New prompt:"."""
-    return f"{RELEASED_INSTRUCTION}{source}{RELEASED_SUFFIX}"
-
-
-def prompt_messages(source: str) -> list[dict]:
-    return [{"role": "user", "content": user_turn(source)}]
+from paav_cli.text.formats import prompt_messages  # the inference turn: training sees the same input
 
 
 def conversation(source: str, target: str) -> list[dict]:
