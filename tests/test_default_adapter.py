@@ -79,7 +79,7 @@ def test_the_recipe_trains_a_step_on_a_slice_and_exports(tmp_path):
     keeps this a matter of seconds everywhere (in bf16 the first backward() took 14 minutes there)."""
     from paav_cli.export.lora import export_lora
     from paav_cli.recipe import load_recipe
-    from paav_cli.train.device import cpu_has_bf16
+    from paav_cli.train.setup import cpu_has_bf16
     from paav_cli.train.sft import run_sft
 
     lines = (REPO / "data" / "default_booster_pairs.jsonl").read_text(encoding="utf-8").split("\n")[:2]
@@ -91,9 +91,9 @@ def test_the_recipe_trains_a_step_on_a_slice_and_exports(tmp_path):
     sft = recipe.sft.model_copy(
         update={"epochs": 1, "batch_size": 2, "per_device_batch": 2, "eval_fraction": 0.0, "max_length": 64}
     )
-    summary = run_sft(pairs, recipe.model_copy(update={"sft": sft}), tmp_path / "run", progress=False)
-    assert summary["status"] == "done" and summary["pairs"]["train"] == 2
-    assert summary["final_loss"] is not None and summary["final_loss"] < 10
+    result = run_sft(pairs, recipe.model_copy(update={"sft": sft}), tmp_path / "run", progress=False)
+    assert result.done and result.figures["pairs"]["train"] == 2
+    assert result.figures["final_loss"] is not None and result.figures["final_loss"] < 10
     manifest = json.loads((tmp_path / "run" / "sft" / "manifest.json").read_text())
     assert manifest["dtype"] == ("bf16" if cpu_has_bf16() else "fp32")
     base = registry.require_path(registry.Registry.load().get(recipe.sft.base, "base_llms"))

@@ -100,8 +100,8 @@ def trained(shared_cache, tmp_path_factory):
                 seen.append(self)
 
         mp.setattr(trl, "DPOTrainer", Capturing)
-        summary = dpo_module.run_dpo(triples, make_recipe(), run, sft_model=base, progress=False, force=True)
-    yield {"base": base, "run": run, "summary": summary, "triples": triples, "ref_arg": seen[0],
+        result = dpo_module.run_dpo(triples, make_recipe(), run, sft_model=base, progress=False, force=True)
+    yield {"base": base, "run": run, "result": result, "triples": triples, "ref_arg": seen[0],
            "trainer": seen[1]}
 
 
@@ -119,17 +119,19 @@ def test_dpo_raises_chosen_minus_rejected_margin(trained):
     print(f"margin before {before:.3f} after {after:.3f}")
     assert after - before > 1.0, (before, after)
 
-    summary = trained["summary"]
-    assert summary["steps"] == 8 and summary["quant"] == "none" and summary["bf16"] is False
-    assert [e["epoch"] for e in summary["epochs"]] == [1.0, 2.0]
-    assert summary["epochs"][-1]["rewards/margins"] > summary["epochs"][0]["rewards/margins"]
-    assert summary["epochs"][-1]["rewards/accuracies"] >= 0.75
-    assert summary["final_loss"] < 0.69
+    result = trained["result"]
+    assert result.done and result.figures["steps"] == 8 and result.figures["triples"] == 8
+    assert result.record["quant"] == "none" and result.record["dtype"] == "fp32"
+    epochs = result.record["epochs"]
+    assert [e["epoch"] for e in epochs] == [1.0, 2.0]
+    assert epochs[-1]["rewards/margins"] > epochs[0]["rewards/margins"]
+    assert epochs[-1]["rewards/accuracies"] >= 0.75
+    assert result.figures["final_loss"] < 0.69
 
 
 def test_dpo_outputs_and_manifests(trained):
+    from paav_cli.registry import sha256_file
     from paav_cli.runs import default_file_mode
-    from paav_cli.train.dpo import file_sha256
 
     run, out = trained["run"], trained["run"] / "dpo-1"
     assert not (out / "stale.txt").exists()  # force replaced the other recipe's round
@@ -139,14 +141,16 @@ def test_dpo_outputs_and_manifests(trained):
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temp folder left behind
     assert all(stat.S_IMODE(p.stat().st_mode) == default_file_mode() for p in out.iterdir())  # not private
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["triples_sha256"] == file_sha256(trained["triples"])
+    assert manifest["triples_sha256"] == sha256_file(trained["triples"])
     assert manifest["sft_model"] == str(trained["base"].resolve())
     assert manifest["recipe"]["beta"] == 0.1 and manifest["recipe"]["lora"]["r"] == 8
     assert manifest["versions"]["trl"]
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert set(adapter["target_modules"]) == set(ALL_PROJECTIONS)
-    stages = json.loads((run / "manifest.json").read_text())["stages"]
-    assert stages["dpo-1"]["final_loss"] == manifest["final_loss"]
+    stage = json.loads((run / "manifest.json").read_text())["stages"]["dpo-1"]
+    assert stage["status"] == "done" and stage["figures"]["final_loss"] == manifest["final_loss"]
+    assert trained["result"].outputs == {"adapter": str(out)}
+    assert stage["recipe"] == manifest["recipe"] and stage["versions"] == manifest["versions"]
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (out / name).read_bytes() == (trained["base"] / name).read_bytes()
 
@@ -322,18 +326,19 @@ def test_4bit_needs_cuda(tmp_path, monkeypatch):
 
 
 def test_existing_round_from_another_recipe_is_refused(tmp_path):
-    from paav_cli.train.dpo import file_sha256, run_dpo
+    from paav_cli.registry import sha256_file
+    from paav_cli.train.dpo import run_dpo
 
     path = write_triples(tmp_path / "triples.jsonl", TRIPLES)
     recipe = make_recipe()
     out = tmp_path / "run" / "dpo-1"
     out.mkdir(parents=True)
     other = make_recipe(beta=0.5).dpo.model_dump(mode="json")
-    (out / "manifest.json").write_text(json.dumps({"recipe": other, "triples_sha256": file_sha256(path)}))
-    with pytest.raises(UserError, match="another \\[dpo\\] recipe or other triples; pass --force"):
+    (out / "manifest.json").write_text(json.dumps({"recipe": other, "triples_sha256": sha256_file(path)}))
+    with pytest.raises(UserError, match="other data or \\[dpo\\] settings; use another --run folder, or add --force"):
         run_dpo(path, recipe, tmp_path / "run", sft_model=fake_model(tmp_path / "sft"))
     # the same recipe on other triples is refused too
     same = recipe.dpo.model_dump(mode="json")
     (out / "manifest.json").write_text(json.dumps({"recipe": same, "triples_sha256": "0" * 64}))
-    with pytest.raises(UserError, match="pass --force"):
+    with pytest.raises(UserError, match="add --force"):
         run_dpo(path, recipe, tmp_path / "run", sft_model=fake_model(tmp_path / "sft"))

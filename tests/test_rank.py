@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from paav_cli.recipe import Models, Rank, Recipe
-from paav_cli.runs import read_journal
+from paav_cli.runs import read_journal, read_manifest
 from paav_cli.train.rank import pair_best_worst, pair_released, run_rank
 
 GOOD = {"VQ": 3.0, "TC": 3.0, "FC": 3.0, "AES": 6.0, "TVA": 3.2, "MPS": 10.0, "DD": 3.0}
@@ -60,14 +60,18 @@ def test_rank_stage_samples_renders_scores_pairs_and_resumes(tmp_path):
     recipe = Recipe(models=Models(generator="tiny-wan", rewards=["tiny-aesthetic", "tiny-clip-score"]),
                     rank=Rank(samples=4))
     sampler = ScriptedSampler()
-    summary = run_rank(str(prompts), recipe, tmp_path / "run", sampler_factory=lambda: sampler)
-    assert sampler.calls == 2 and summary["samples"] == 8 and summary["rendered"] == 8
+    result = run_rank(str(prompts), recipe, tmp_path / "run", sampler_factory=lambda: sampler)
+    assert sampler.calls == 2 and result.figures["samples"] == 8 and result.record["rendered"] == 8
     triples = read_journal(tmp_path / "run" / "rank" / "triples.jsonl")
-    assert summary["triples"] == len(triples) <= 2
+    assert result.figures["triples"] == len(triples) <= 2
+    assert result.outputs == {"triples": str(tmp_path / "run" / "rank" / "triples.jsonl")}
+    stage = read_manifest(tmp_path / "run")["stages"]["rank"]
+    assert stage["status"] == "done" and stage["figures"] == result.figures
+    assert stage["prompts"] == str(prompts.resolve())  # DPO round 2 re-ranks these
     for t in triples:
         assert t["prompt"] in ("a cat playing piano", "a fox in the snow") and t["chosen"] != t["rejected"]
         assert t["margin"] > 0 and set(t["scores"]) == {"chosen", "rejected"}
     again = ScriptedSampler()
-    summary = run_rank(str(prompts), recipe, tmp_path / "run", sampler_factory=lambda: again)
-    assert again.calls == 0 and summary["rendered"] == 0 and summary["scored"] == 0
+    result = run_rank(str(prompts), recipe, tmp_path / "run", sampler_factory=lambda: again)
+    assert again.calls == 0 and result.record["rendered"] == 0 and result.record["scored"] == 0
     assert len(read_journal(tmp_path / "run" / "rank" / "journal.jsonl")) == 8

@@ -74,6 +74,19 @@ def test_completion_mask_is_exactly_the_answer_and_its_end_of_turn(base):
     assert pair["source"] in tokenizer.decode(ids[:first])
 
 
+def test_training_prompt_is_what_enhance_sends_even_with_stray_whitespace():
+    from paav_cli.text.formats import build_request
+    from paav_cli.train.chat import tokenize_with_mask
+
+    tokenizer = tokenizer_of("tiny-llama")
+    source = "  a cat playing piano \n"
+    row = tokenize_with_mask(tokenizer, source, "A cat plays a grand piano.", 1024)
+    trained = row["input_ids"][: row["completion_mask"].index(1)]
+    sent = tokenizer.apply_chat_template(build_request("chat", source).messages, add_generation_prompt=True,
+                                         tokenize=True, return_dict=True)["input_ids"]
+    assert trained == list(sent)
+
+
 def test_tiny_models_pad_with_a_token_they_already_have():
     from transformers import AutoConfig
 
@@ -86,6 +99,7 @@ def test_tiny_models_pad_with_a_token_they_already_have():
 
 def test_trl_builds_labels_from_our_mask(tmp_path):
     from paav_cli.train.chat import tokenize_with_mask
+    from paav_cli.train.setup import resolve_hardware
     from paav_cli.train.sft import build_trainer
 
     tokenizer = tokenizer_of("tiny-llama")
@@ -93,7 +107,8 @@ def test_trl_builds_labels_from_our_mask(tmp_path):
     rows[1]["input_ids"] = rows[1]["input_ids"][:-3]  # a shorter example, so the batch needs padding
     rows[1]["completion_mask"] = rows[1]["completion_mask"][:-3]
     cfg = recipe().sft
-    trainer = build_trainer(base_folder("tiny-llama"), tokenizer, rows, [], cfg, "none", tmp_path / "sft")
+    hw = resolve_hardware("none", "auto", section="sft")
+    trainer = build_trainer(base_folder("tiny-llama"), tokenizer, rows, [], cfg, hw, tmp_path / "sft")
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     for i, row in enumerate(rows):
         n = len(row["input_ids"])
@@ -113,7 +128,7 @@ def test_sft_lowers_eval_loss_and_writes_adapter_and_manifest(tmp_path):
     from paav_cli.train.sft import run_sft
 
     pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS)
-    summary = run_sft(pairs, recipe(epochs=3), tmp_path / "run")
+    result = run_sft(pairs, recipe(epochs=3), tmp_path / "run")
     sft = tmp_path / "run" / "sft"
     assert (sft / "adapter_model.safetensors").is_file() and (sft / "adapter_config.json").is_file()
     assert (sft / "tokenizer.json").is_file()
@@ -129,8 +144,14 @@ def test_sft_lowers_eval_loss_and_writes_adapter_and_manifest(tmp_path):
     assert manifest["hyperparameters"]["bf16"] is False
     assert manifest["hyperparameters"]["gradient_checkpointing"] is False
     assert set(manifest["versions"]) >= {"torch", "transformers", "trl", "peft"}
-    assert summary["final_eval_loss"] == epochs[-1]["eval_loss"]
-    assert read_manifest(tmp_path / "run")["stages"]["sft"]["status"] == "done"
+    assert result.done and result.figures["final_eval_loss"] == epochs[-1]["eval_loss"]
+    assert result.figures["pairs"] == {"train": 6, "eval": 2} and result.figures["epochs"] == 3
+    assert result.outputs == {"adapter": str(sft)}
+    stage = read_manifest(tmp_path / "run")["stages"]["sft"]
+    assert stage["status"] == "done" and stage["figures"]["final_loss"] == epochs[-1]["train_loss"]
+    # The run's manifest keeps the settings and versions too; the per-epoch losses stay in RUN/sft.
+    assert stage["hyperparameters"] == manifest["hyperparameters"] and stage["versions"] == manifest["versions"]
+    assert stage["data_sha256"] == manifest["data_sha256"] and "epochs" not in stage
 
 
 @pytest.mark.parametrize(
@@ -145,14 +166,14 @@ def test_sft_lowers_eval_loss_and_writes_adapter_and_manifest(tmp_path):
     ],
 )
 def test_training_dtype_follows_what_the_device_computes(requested, device, expected, noted):
-    from paav_cli.train.device import use_bf16
+    from paav_cli.train.setup import use_bf16
 
     bf16, note = use_bf16(requested, device)
     assert bf16 is expected and (note is not None) is noted
 
 
 def test_cpu_bf16_probe_agrees_with_the_cpu_flags():
-    from paav_cli.train.device import cpu_has_bf16
+    from paav_cli.train.setup import cpu_has_bf16
 
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
@@ -162,10 +183,10 @@ def test_cpu_bf16_probe_agrees_with_the_cpu_flags():
 
 
 def test_bf16_recipe_on_a_cpu_without_bf16_trains_in_fp32_and_says_so(tmp_path, monkeypatch, capsys):
-    from paav_cli.train import device
+    from paav_cli.train import setup
     from paav_cli.train.sft import run_sft
 
-    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(setup, "cpu_has_bf16", lambda: False)
     pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS[:2])
     run_sft(pairs, recipe(dtype="bf16", eval_fraction=0.0), tmp_path / "run", progress=False)
     manifest = json.loads((tmp_path / "run" / "sft" / "manifest.json").read_text())
@@ -203,8 +224,8 @@ def test_sft_smoke_on_other_templates(tmp_path, base):
     from paav_cli.train.sft import run_sft
 
     pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS[:4])
-    summary = run_sft(pairs, recipe(base, eval_fraction=0.5), tmp_path / "run")
-    assert math.isfinite(summary["final_loss"]) and math.isfinite(summary["final_eval_loss"])
+    result = run_sft(pairs, recipe(base, eval_fraction=0.5), tmp_path / "run")
+    assert math.isfinite(result.figures["final_loss"]) and math.isfinite(result.figures["final_eval_loss"])
     assert (tmp_path / "run" / "sft" / "adapter_model.safetensors").is_file()
     config = json.loads((tmp_path / "run" / "sft" / "adapter_config.json").read_text())
     assert set(config["target_modules"]) == set(ALL_PROJECTIONS)
@@ -228,6 +249,7 @@ class StopInEpochTwo:
 
 
 def test_interrupted_sft_resumes_and_records_every_epoch(tmp_path):
+    from paav_cli.runs import read_manifest
     from paav_cli.train.sft import run_sft
 
     pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS[:5])  # 4 train pairs, batch 2: 2 steps per epoch
@@ -235,29 +257,39 @@ def test_interrupted_sft_resumes_and_records_every_epoch(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_sft(pairs, cfg, run, progress=StopInEpochTwo(steps_per_epoch=2))
     assert json.loads((run / "sft" / "manifest.json").read_text())["status"] == "running"
+    assert read_manifest(run)["stages"]["sft"]["status"] == "running"  # `paav run` will not skip it
     with pytest.raises(UserError, match="unfinished") as e:
         run_sft(pairs, cfg, run)
     assert one_sentence(str(e.value))
-    summary = run_sft(pairs, cfg, run, resume=True)
+    result = run_sft(pairs, cfg, run, resume=True)
     manifest = json.loads((run / "sft" / "manifest.json").read_text())
-    assert manifest["status"] == "done" and summary["epochs"] == 2
+    assert manifest["status"] == "done" and result.figures["epochs"] == 2
     assert [e["epoch"] for e in manifest["epochs"]] == [1, 2]
     assert all(e["train_loss"] is not None and "eval_loss" in e for e in manifest["epochs"])
     # Longer training of the same run goes on from its last checkpoint.
-    summary = run_sft(pairs, cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"epochs": 3})}), run,
-                      resume=True)
-    assert summary["epochs"] == 3
+    result = run_sft(pairs, cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"epochs": 3})}), run,
+                     resume=True)
+    assert result.figures["epochs"] == 3
 
 
 # ---------------------------------------------------------------------------------------------
 # Refusals before any model loads
 
 
+class ReachedTraining(Exception):
+    pass
+
+
 @pytest.fixture
 def no_training(monkeypatch):
-    """Fails the test if a check lets run_sft reach training; returns the calls made."""
+    """Stops run_sft where training would start (ReachedTraining); returns the times it got there."""
     calls = []
-    monkeypatch.setattr("paav_cli.train.sft._train", lambda *a, **k: calls.append(k) or {"trained": True})
+
+    def reached():
+        calls.append(True)
+        raise ReachedTraining
+
+    monkeypatch.setattr("paav_cli.train.sft.quiet_training", reached)
     return calls
 
 
@@ -308,7 +340,8 @@ def test_a_run_of_another_recipe_is_replaced_only_with_force(tmp_path, no_traini
     with pytest.raises(UserError, match="nothing to resume") as e:
         run_sft(pairs, recipe(), run, resume=True)
     assert one_sentence(str(e.value)) and no_training == []
-    assert run_sft(pairs, recipe(), run, force=True) == {"trained": True}
+    with pytest.raises(ReachedTraining):
+        run_sft(pairs, recipe(), run, force=True)
     assert not (run / "sft" / "manifest.json").exists()  # --force cleared the old fine-tune
 
 
@@ -337,15 +370,15 @@ def test_sft_trains_the_completion_layout_with_checkpoints_every_n_steps(tmp_pat
     from paav_cli.train.sft import run_sft
 
     pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS[:4])
-    summary = run_sft(pairs, recipe("tiny-gemma3", prompt_format="completion", eval_fraction=0.0,
-                                    checkpoint_every=1), tmp_path / "run", progress=False)
-    assert summary["status"] == "done" and summary["pairs"] == {"train": 4, "eval": 0}
+    result = run_sft(pairs, recipe("tiny-gemma3", prompt_format="completion", eval_fraction=0.0,
+                                   checkpoint_every=1), tmp_path / "run", progress=False)
+    assert result.done and result.figures["pairs"] == {"train": 4, "eval": 0}
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "sft" / "checkpoints").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-1", "checkpoint-2"]  # 4 pairs, batch 2: one per step
 
 
 def test_without_a_terminal_progress_is_a_plain_line_per_interval(capsys):
-    from paav_cli.train.sft import TrainLog, make_progress
+    from paav_cli.train.setup import TrainLog, make_progress
 
     assert isinstance(make_progress(None), TrainLog)  # pytest's stderr is not a terminal
     log = TrainLog(every_s=3600)

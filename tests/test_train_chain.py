@@ -29,22 +29,23 @@ def test_sft_rank_dpo_two_rounds_and_merge(tmp_path):
     run = tmp_path / "run"
 
     sft = run_sft(pairs, recipe, run, progress=False)
-    assert (run / "sft" / "adapter_config.json").is_file() and sft["status"] == "done"
+    assert (run / "sft" / "adapter_config.json").is_file() and sft.done
 
     ranked = run_rank(str(held_out), recipe, run)  # samples from the merged SFT model through transformers
-    assert ranked["samples"] == 2 * recipe.rank.samples or ranked["samples"] > 0
+    assert ranked.figures["samples"] == 2 * recipe.rank.samples or ranked.figures["samples"] > 0
     assert (run / "sft" / "merged" / "config.json").is_file()
     triples = read_journal(run / "rank" / "triples.jsonl")
-    assert ranked["triples"] == len(triples)
+    assert ranked.figures["triples"] == len(triples)
 
     if triples:  # random tiny models can tie on every sample; then there is nothing to prefer
         first = dpo_round(recipe, run, 1, progress=False)
-        assert (run / "dpo-1" / "adapter_config.json").is_file() and first["round"] == 1
+        assert (run / "dpo-1" / "adapter_config.json").is_file() and first.record["round"] == 1
         second = dpo_round(recipe, run, 2, progress=False)  # re-ranks with round 1's merged model
         assert (run / "rank-2" / "triples.jsonl").is_file() and (run / "dpo-1" / "merged" / "config.json").is_file()
-        assert second["round"] == 2
+        assert second.stage == "dpo-2" and second.record["round"] == 2
         stages = read_manifest(run)["stages"]
         assert {"sft", "rank", "dpo-1", "rank-2", "dpo-2"} <= set(stages)
+        assert all(stages[name]["status"] == "done" for name in ("sft", "rank", "dpo-1", "rank-2", "dpo-2"))
         adapter = run / "dpo-2"
     else:
         adapter = run / "sft"

@@ -18,18 +18,29 @@ trl 1.16 facts this relies on (read in trl/trainer/dpo_trainer.py):
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from paav_cli.errors import UserError
-from paav_cli.recipe import Recipe
-from paav_cli.runs import atomic_write_json, prepare_run_folder, update_manifest
+from paav_cli.recipe import Dpo, Recipe
+from paav_cli.runs import StageResult, atomic_write_json, prepare_run_folder, record_stage
 from paav_cli.train.chat import prompt_messages
 from paav_cli.train.data import read_triples
 from paav_cli.train.merge import copy_tokenizer, replace_folder
+from paav_cli.train.setup import (
+    Hardware,
+    attach_progress,
+    check_previous,
+    library_versions,
+    load_model,
+    load_tokenizer,
+    lora_config,
+    make_progress,
+    quiet_training,
+    resolve_hardware,
+)
 
 # DPOConfig.loss_type's values in trl 1.16 (its docstring); checked before any model loads.
 LOSS_TYPES = (
@@ -39,38 +50,94 @@ LOSS_TYPES = (
 EPOCH_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def run_dpo(triples_path: Path, recipe: Recipe, run: Path, *, round: int = 1, sft_model: Path, progress=None,
+            force: bool = False) -> StageResult:
+    """Train RUN/dpo-{round}/ (a LoRA adapter on `sft_model`) on the triples and record the stage.
+
+    progress: as for run_sft (None: a bar on a terminal, else a line a minute; False: none).
+    """
+    from paav_cli.libs import free_memory
+    from paav_cli.registry import sha256_file
+
+    cfg = recipe.dpo
+    triples_path, sft_model = Path(triples_path), Path(sft_model)
+    triples = check_inputs(triples_path, sft_model, cfg, round)
+    hw = resolve_hardware(cfg.quant, cfg.gradient_checkpointing, section="dpo")
+    run = prepare_run_folder(Path(run))
+    name = f"dpo-{round}"
+    out = run / name
+    fingerprint = {"recipe": cfg.model_dump(mode="json"), "triples_sha256": sha256_file(triples_path)}
+    check_previous(out, fingerprint, section="dpo", force=force)
+
+    quiet_training()
+    from transformers import AutoTokenizer
+
+    started = time.monotonic()
+    tokenizer = load_tokenizer(sft_model)
+    if tokenizer.chat_template is None:
+        raise UserError(f"the tokenizer in {sft_model} has no chat template; use an instruct model's folder.")
+    prompts, shortened = fit_prompts(tokenizer, [t["prompt"] for t in triples], cfg.max_prompt_length)
+    model = load_model(sft_model, hw)
+    # Trained in a temp folder and renamed: an interrupted round never replaces a finished one.
+    tmp = Path(tempfile.mkdtemp(dir=run, prefix=f".{name}.tmp-"))
+    bar = make_progress(progress, f"DPO round {round}")
+    trainer = None
+    try:
+        trainer = build_trainer(model, tokenizer, build_dataset(triples, prompts), cfg, hw, tmp / "trainer", bar)
+        trained = trainer.train()
+        trainer.model.save_pretrained(tmp)
+        # As loaded, not load_tokenizer's: a pad token set here would be saved into the adapter's tokenizer.
+        copy_tokenizer(AutoTokenizer.from_pretrained(sft_model), sft_model, tmp)
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        epochs = epoch_rows(trainer.state.log_history)
+        manifest = {
+            **fingerprint, "folder": str(out), "round": round, "triples": str(triples_path.resolve()),
+            "triples_count": len(triples), "prompts_shortened": shortened, "sft_model": str(sft_model.resolve()),
+            "hyperparameters": hyperparameters(trainer.args, cfg), **hw.fields(), "steps": trainer.state.global_step,
+            "epochs": epochs, "final_loss": epochs[-1]["loss"] if epochs else None,
+            "train_loss": trained.training_loss, "seconds": round_(time.monotonic() - started, 1),
+            "versions": library_versions(),
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()  # an interrupted run leaves the terminal clean too
+        del model, trainer
+        free_memory()
+    result = stage_result(name, manifest, out)
+    record_stage(run, result)
+    return result
 
 
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+def check_inputs(triples_path: Path, sft_model: Path, cfg: Dpo, round: int) -> list[dict]:
+    """The triples, once everything a DPO round needs is known to be there and the recipe can work."""
+    if not isinstance(round, int) or round < 1:
+        raise UserError(f"round {round} is not a positive whole number; give --round 1 or more.")
+    triples = read_triples(triples_path)
+    if not (sft_model / "config.json").is_file():
+        raise UserError(f"SFT model folder {sft_model} has no config.json; give a merged SFT model (paav merge).")
+    if (sft_model / "adapter_config.json").is_file():
+        raise UserError(f"{sft_model} is an adapter, not a standalone model; merge it first with paav merge.")
+    if cfg.loss not in LOSS_TYPES:
+        raise UserError(f"[dpo] loss {cfg.loss!r} is not a trl DPO loss; use one of: {', '.join(LOSS_TYPES)}.")
+    if cfg.max_prompt_length >= cfg.max_length:
+        raise UserError(
+            f"[dpo] max_prompt_length {cfg.max_prompt_length} leaves no room for an answer in max_length "
+            f"{cfg.max_length}; make max_prompt_length smaller than max_length."
+        )
+    return triples
 
-    out = {}
-    for name in ("paav", "torch", "transformers", "trl", "peft", "bitsandbytes", "datasets"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
 
-
-def resolve_device(dpo) -> dict:
-    """quant, bf16 and gradient checkpointing for this machine (auto: QLoRA + bf16 + checkpointing on a GPU)."""
-    from paav_cli.train.device import describe_device, use_bf16
-
-    device = describe_device()
-    cuda = device["kind"] == "cuda"
-    if dpo.quant == "4bit" and not cuda:
-        raise UserError("[dpo] quant = \"4bit\" needs a CUDA GPU and none is available; set quant = \"none\" or \"auto\".")
-    quant = "4bit" if dpo.quant == "4bit" or (dpo.quant == "auto" and cuda) else "none"
-    checkpointing = dpo.gradient_checkpointing == "on" or (dpo.gradient_checkpointing == "auto" and cuda)
-    bf16, _ = use_bf16("auto", device)  # fp32 on the CPU: LoRA's small updates need the precision
-    return {"device": device["name"], "quant": quant, "bf16": bf16, "gradient_checkpointing": checkpointing}
+def stage_result(name: str, manifest: dict, out: Path) -> StageResult:
+    """The round's figures and adapter; the run's manifest keeps the rest of its manifest.json."""
+    figures = {"triples": manifest["triples_count"], "final_loss": manifest["final_loss"], "steps": manifest["steps"]}
+    moved = {"triples_count", "final_loss", "steps", "folder"}
+    record = {k: v for k, v in manifest.items() if k not in moved}
+    return StageResult(name, figures=figures, outputs={"adapter": str(out)}, record=record)
 
 
 def fit_prompts(tokenizer, sources: list[str], max_prompt_length: int) -> tuple[list[str], int]:
@@ -122,217 +189,52 @@ def build_dataset(triples: list[dict], prompts: list[str]):
     ])
 
 
-def quiet_training() -> None:
-    """libs.quiet() plus the training stack's own chatter: datasets' map bars and bitsandbytes' kernel notice."""
-    import logging
+def dpo_config(cfg: Dpo, hw: Hardware, output_dir: Path):
+    from trl import DPOConfig
 
-    from paav_cli.libs import quiet
-
-    quiet()
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()
-    except ImportError:
-        pass
-
-
-def _progress_callback(description: str):
-    from transformers import TrainerCallback
-
-    from paav_cli.progress import TwoLevelProgress
-
-    class ProgressCallback(TrainerCallback):
-        bar = None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = TwoLevelProgress(state.max_steps, description, unit="steps")
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.bar is not None:
-                self.bar.advance(1)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
-
-    return ProgressCallback()
-
-
-def _check_previous(out: Path, recipe_section: dict, data_hash: str, force: bool) -> None:
-    import json
-
-    manifest_path = out / "manifest.json"
-    if force or not manifest_path.is_file():
-        return
-    try:
-        previous = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, OSError):
-        previous = {}
-    if previous.get("recipe") != recipe_section or previous.get("triples_sha256") != data_hash:
-        raise UserError(
-            f"{out} was trained with another [dpo] recipe or other triples; pass --force to replace it, "
-            "or use another --run folder or --round."
-        )
-
-
-def run_dpo(
-    triples_path: Path,
-    recipe: Recipe,
-    run: Path,
-    *,
-    round: int = 1,
-    sft_model: Path,
-    progress: bool | None = None,
-    force: bool = False,
-) -> dict:
-    """Train RUN/dpo-{round}/ (a LoRA adapter on `sft_model`) on the triples; returns the stage summary."""
-    dpo = recipe.dpo
-    if not isinstance(round, int) or round < 1:
-        raise UserError(f"round {round} is not a positive whole number; give --round 1 or more.")
-    triples_path, sft_model = Path(triples_path), Path(sft_model)
-    triples = read_triples(triples_path)
-    if not (sft_model / "config.json").is_file():
-        raise UserError(f"SFT model folder {sft_model} has no config.json; give a merged SFT model (paav merge).")
-    if (sft_model / "adapter_config.json").is_file():
-        raise UserError(f"{sft_model} is an adapter, not a standalone model; merge it first with paav merge.")
-    if dpo.loss not in LOSS_TYPES:
-        raise UserError(f"[dpo] loss {dpo.loss!r} is not a trl DPO loss; use one of: {', '.join(LOSS_TYPES)}.")
-    if dpo.max_prompt_length >= dpo.max_length:
-        raise UserError(
-            f"[dpo] max_prompt_length {dpo.max_prompt_length} leaves no room for an answer in max_length "
-            f"{dpo.max_length}; make max_prompt_length smaller than max_length."
-        )
-    settings = resolve_device(dpo)
-    run = prepare_run_folder(run)
-    name = f"dpo-{round}"
-    out = run / name
-    recipe_section = dpo.model_dump(mode="json")
-    data_hash = file_sha256(triples_path)
-    _check_previous(out, recipe_section, data_hash, force)
-
-    from paav_cli.libs import free_memory
-    from paav_cli.progress import stderr_is_terminal
-
-    quiet_training()
-    import torch
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
-    from trl import DPOConfig, DPOTrainer
-
-    started = time.monotonic()
-    tokenizer = AutoTokenizer.from_pretrained(sft_model)
-    if tokenizer.chat_template is None:
-        raise UserError(f"the tokenizer in {sft_model} has no chat template; use an instruct model's folder.")
-    prompts, shortened = fit_prompts(tokenizer, [t["prompt"] for t in triples], dpo.max_prompt_length)
-    dataset = build_dataset(triples, prompts)
-
-    load_kwargs: dict = {"dtype": torch.bfloat16 if settings["bf16"] else torch.float32}  # QLoRA: the non-4-bit parts
-    if settings["quant"] == "4bit":
-        from transformers import BitsAndBytesConfig
-
-        load_kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16 if settings["bf16"] else torch.float16,
-        )
-        load_kwargs["device_map"] = {"": torch.cuda.current_device()}
-    model = AutoModelForCausalLM.from_pretrained(sft_model, **load_kwargs)
-    if settings["quant"] == "4bit":
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=settings["gradient_checkpointing"],
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-
-    peft_config = LoraConfig(
-        r=dpo.lora.r, lora_alpha=dpo.lora.alpha, lora_dropout=dpo.lora.dropout, target_modules=list(dpo.lora.targets),
-        bias="none", task_type="CAUSAL_LM",
+    return DPOConfig(
+        output_dir=str(output_dir), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.per_device_batch,
+        gradient_accumulation_steps=max(1, cfg.batch_size // cfg.per_device_batch),
+        learning_rate=cfg.learning_rate, beta=cfg.beta, loss_type=[cfg.loss], max_length=cfg.max_length,
+        bf16=hw.bf16, gradient_checkpointing=hw.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if hw.gradient_checkpointing else None,
+        logging_strategy="epoch",  # trl averages its reward metrics over each logging window: per epoch here
+        save_strategy="no", report_to="none", disable_tqdm=True, seed=cfg.seed, data_seed=cfg.seed,
     )
-    run.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=run, prefix=f".{name}.tmp-"))
-    trainer = bar = None
-    accumulation = max(1, dpo.batch_size // dpo.per_device_batch)
-    try:
-        args = DPOConfig(
-            output_dir=str(tmp / "trainer"),
-            num_train_epochs=dpo.epochs,
-            per_device_train_batch_size=dpo.per_device_batch,
-            gradient_accumulation_steps=accumulation,
-            learning_rate=dpo.learning_rate,
-            beta=dpo.beta,
-            loss_type=[dpo.loss],
-            max_length=dpo.max_length,
-            bf16=settings["bf16"],
-            gradient_checkpointing=settings["gradient_checkpointing"],
-            gradient_checkpointing_kwargs={"use_reentrant": False} if settings["gradient_checkpointing"] else None,
-            logging_strategy="epoch",  # trl averages its reward metrics over each logging window: per epoch here
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            seed=dpo.seed,
-            data_seed=dpo.seed,
-        )
-        show = stderr_is_terminal() if progress is None else bool(progress)
-        bar = _progress_callback(f"DPO round {round}") if show else None
-        callbacks = [bar] if bar else []
-        try:
-            trainer = DPOTrainer(
-                model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
-                peft_config=peft_config, callbacks=callbacks,
-            )
-        except ValueError as e:
-            raise UserError(f"DPO could not start ({str(e).splitlines()[0][:200]}); check the [dpo] recipe.") from None
-        trainer.remove_callback(PrinterCallback)  # with disable_tqdm it would print every log dict to stdout
-        result = trainer.train()
 
-        epochs = [
-            {"epoch": round_(entry["epoch"]), **{k: entry[k] for k in EPOCH_KEYS if k in entry}}
-            for entry in trainer.state.log_history
-            if "loss" in entry and "epoch" in entry
-        ]
-        trainer.model.save_pretrained(tmp)
-        copy_tokenizer(AutoTokenizer.from_pretrained(sft_model), sft_model, tmp)  # trl may set pad = eos on its own
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
-        summary = {
-            "folder": str(out),
-            "round": round,
-            "triples": str(triples_path.resolve()),
-            "triples_sha256": data_hash,
-            "triples_count": len(triples),
-            "prompts_shortened": shortened,
-            "sft_model": str(sft_model.resolve()),
-            "recipe": recipe_section,
-            "hyperparameters": {
-                "effective_batch": accumulation * dpo.per_device_batch, "per_device_batch": dpo.per_device_batch,
-                "gradient_accumulation_steps": accumulation, "learning_rate": dpo.learning_rate,
-                "epochs": dpo.epochs, "beta": dpo.beta, "loss": dpo.loss, "max_length": dpo.max_length,
-                "max_prompt_length": dpo.max_prompt_length, "lora": dpo.lora.model_dump(mode="json"),
-            },
-            **settings,
-            "steps": trainer.state.global_step,
-            "epochs": epochs,
-            "final_loss": epochs[-1]["loss"] if epochs else None,
-            "train_loss": result.training_loss,
-            "seconds": round_(time.monotonic() - started, 1),
-            "versions": _versions(),
-        }
-        atomic_write_json(tmp / "manifest.json", summary)
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if bar is not None:
-            bar.on_train_end(None, None, None)  # an interrupted run leaves the terminal clean too
-        del model
-        if trainer is not None:
-            del trainer
-        free_memory()
-    update_manifest(run, stages={name: summary})
-    return summary
+
+def build_trainer(model, tokenizer, dataset, cfg: Dpo, hw: Hardware, output_dir: Path, bar=None):
+    """trl's DPOTrainer with a fresh LoRA; no ref_model, so the reference is the adapter-disabled model."""
+    import trl
+
+    try:
+        trainer = trl.DPOTrainer(
+            model=model, ref_model=None, args=dpo_config(cfg, hw, output_dir), train_dataset=dataset,
+            processing_class=tokenizer, peft_config=lora_config(cfg.lora),
+        )
+    except ValueError as e:
+        raise UserError(f"DPO could not start ({str(e).splitlines()[0][:200]}); check the [dpo] recipe.") from None
+    attach_progress(trainer, bar)
+    return trainer
+
+
+def hyperparameters(args, cfg: Dpo) -> dict:
+    return {
+        "effective_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps,
+        "per_device_batch": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps, "learning_rate": args.learning_rate,
+        "epochs": cfg.epochs, "beta": cfg.beta, "loss": cfg.loss, "max_length": cfg.max_length,
+        "max_prompt_length": cfg.max_prompt_length, "lora": cfg.lora.model_dump(mode="json"),
+    }
+
+
+def epoch_rows(log_history: list[dict]) -> list[dict]:
+    """trl's per-epoch loss and reward metrics, from the trainer's log."""
+    return [
+        {"epoch": round_(entry["epoch"]), **{k: entry[k] for k in EPOCH_KEYS if k in entry}}
+        for entry in log_history
+        if "loss" in entry and "epoch" in entry
+    ]
 
 
 def round_(value: float, digits: int = 4) -> float:

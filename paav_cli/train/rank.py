@@ -18,7 +18,14 @@ from paav_cli.evolve.phases import PhaseStats, render_phase, score_phase
 from paav_cli.prompt_files import read_prompts
 from paav_cli.recipe import Rank, Recipe
 from paav_cli.rewards.presets import get_preset
-from paav_cli.runs import Journal, atomic_write_text, prepare_run_folder, read_journal, update_manifest
+from paav_cli.runs import (
+    Journal,
+    StageResult,
+    atomic_write_text,
+    prepare_run_folder,
+    read_journal,
+    record_stage,
+)
 
 
 def rank_folder(run: Path, round: int) -> Path:
@@ -122,8 +129,8 @@ def build_triples(sources: dict[str, str], scored: list[dict], cfg: Rank) -> lis
 
 
 def run_rank(prompts_path: str, recipe: Recipe, run: str | Path, *, round: int = 1,
-             sampler_factory: Callable | None = None) -> dict:
-    """Sample, render, score and pair; writes RUN/rank[-N]/triples.jsonl and returns a summary."""
+             sampler_factory: Callable | None = None) -> StageResult:
+    """Sample, render, score and pair; writes RUN/rank[-N]/triples.jsonl and records the stage."""
     records = read_prompts(prompts_path)
     if not records:
         raise UserError(f"{prompts_path} has no prompts; give a file with at least one prompt.")
@@ -140,13 +147,18 @@ def run_rank(prompts_path: str, recipe: Recipe, run: str | Path, *, round: int =
     triples = build_triples(sources, scored, recipe.rank)
     atomic_write_text(folder / "triples.jsonl", "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in triples))
     margins = [t["margin"] for t in triples]
-    summary = {
-        "status": "done", "round": round, "sources": len(sources), "samples": len(scored), "triples": len(triples),
-        "mean_margin": builtins.round(sum(margins) / len(margins), 4) if margins else None, "pairing": recipe.rank.pairing,
-        "prompts": str(Path(prompts_path).resolve()), "rendered": stats.rendered, "scored": stats.scored,
-    }
-    update_manifest(run, stages={folder.name: summary})
-    return summary
+    mean_margin = builtins.round(sum(margins) / len(margins), 4) if margins else None
+    result = StageResult(
+        folder.name,
+        figures={"samples": len(scored), "triples": len(triples), "mean_margin": mean_margin,
+                 "pairing": recipe.rank.pairing},
+        outputs={"triples": str(folder / "triples.jsonl")},
+        # `prompts` is read back by DPO round 2, which re-ranks the same prompts.
+        record={"round": round, "sources": len(sources), "prompts": str(Path(prompts_path).resolve()),
+                "rendered": stats.rendered, "scored": stats.scored},
+    )
+    record_stage(run, result)
+    return result
 
 
 def booster_sampler(run: Path, round: int, recipe: Recipe):

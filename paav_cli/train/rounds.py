@@ -7,12 +7,13 @@ from pathlib import Path
 
 from paav_cli.errors import UserError
 from paav_cli.recipe import Recipe
-from paav_cli.runs import read_manifest, update_manifest
+from paav_cli.runs import StageResult, read_manifest
 from paav_cli.train.models import model_for_round
 from paav_cli.train.rank import rank_folder, run_rank
 
 
-def dpo_round(recipe: Recipe, run: str | Path, round: int = 1, *, force: bool = False, progress=None) -> dict:
+def dpo_round(recipe: Recipe, run: str | Path, round: int = 1, *, force: bool = False, progress=None) -> StageResult:
+    """DPO round `round` from the run folder's own files; run_dpo records it (and run_rank a re-ranking)."""
     from paav_cli.train.dpo import run_dpo
 
     run = Path(run)
@@ -29,7 +30,4 @@ def dpo_round(recipe: Recipe, run: str | Path, round: int = 1, *, force: bool = 
         if not first.get("prompts"):
             raise UserError(f"{run} has no round-1 ranking to re-rank; run `paav rank` and `paav dpo` first.")
         run_rank(first["prompts"], recipe, run, round=round)
-    summary = run_dpo(triples, recipe, run, round=round, sft_model=start, progress=progress, force=force)
-    summary = {**summary, "status": "done"}
-    update_manifest(run, stages={f"dpo-{round}": summary})  # the pipeline resumes after a "done" stage
-    return summary
+    return run_dpo(triples, recipe, run, round=round, sft_model=start, progress=progress, force=force)

@@ -10,148 +10,77 @@ RUN/sft/ holds the adapter, the tokenizer, manifest.json and checkpoints/ (one p
 
 from __future__ import annotations
 
-import logging
 import math
 import shutil
-import sys
 from pathlib import Path
 
 from paav_cli.errors import UserError
 from paav_cli.recipe import Recipe, Sft
-from paav_cli.runs import atomic_write_json, prepare_run_folder, read_manifest, update_manifest
+from paav_cli.runs import StageResult, atomic_write_json, prepare_run_folder, record_stage
 from paav_cli.train.data import read_pairs, split_held_out
-from paav_cli.train.device import describe_device, use_bf16
+from paav_cli.train.setup import (
+    Hardware,
+    attach_progress,
+    check_previous,
+    clear_for_training,
+    library_versions,
+    load_model,
+    load_tokenizer,
+    lora_config,
+    make_progress,
+    quiet_training,
+    resolve_hardware,
+)
 
 # Changing only the number of epochs keeps a run resumable (train longer from its last checkpoint).
-RESUMABLE_CHANGES = {"epochs"}
+RESUMABLE_CHANGES = frozenset({"epochs"})
 
 
 def run_sft(
     pairs_path: str | Path, recipe: Recipe, run: str | Path, *, resume: bool = False, force: bool = False,
     progress=None,
-) -> dict:
-    """Fine-tune recipe.sft.base on the pairs into RUN/sft; returns the summary also put in RUN/manifest.json.
+) -> StageResult:
+    """Fine-tune recipe.sft.base on the pairs into RUN/sft, and record the stage in RUN/manifest.json.
 
-    progress: None draws a bar when stderr is a terminal, False none; or an object with
-    start(total, done), update(done, loss) and close().
+    progress: None draws a bar when stderr is a terminal (else a line a minute), False none; or an
+    object with start(total, done), update(done, loss) and close().
     """
-    from paav_cli.registry import Registry, sha256_file
+    from paav_cli.libs import free_memory
+    from paav_cli.registry import Registry, require_path, revision_of, sha256_file
 
     cfg = recipe.sft
     pairs = read_pairs(Path(pairs_path))
     entry = Registry.load().get(cfg.base, "base_llms")
-    quant = resolve_quant(cfg.quant)
+    hw = resolve_hardware(cfg.quant, cfg.gradient_checkpointing, cfg.dtype, section="sft")
     run = prepare_run_folder(Path(run))
     out = run / "sft"
-    fingerprint = {"data_sha256": sha256_file(Path(pairs_path)), "sft": cfg.model_dump()}
-    check_previous(out, fingerprint, resume=resume, force=force)
-    return _train(pairs, cfg, entry, quant, run, fingerprint, resume=resume, progress=progress)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks before any model loads
-
-
-def resolve_quant(quant: str) -> str:
-    """'4bit' or 'none'; auto is 4-bit QLoRA where a CUDA GPU and bitsandbytes are there."""
-    import torch
-
-    usable = torch.cuda.is_available() and _bitsandbytes_works()
-    if quant == "auto":
-        return "4bit" if usable else "none"
-    if quant == "4bit" and not usable:
-        raise UserError("--quant 4bit needs a CUDA GPU with a working bitsandbytes; use --quant none.")
-    return quant
-
-
-def _bitsandbytes_works() -> bool:
-    try:
-        import bitsandbytes  # noqa: F401
-    except Exception:  # noqa: BLE001 - a broken install fails in many ways (missing CUDA libs, old GPU)
-        return False
-    return True
-
-
-def check_previous(out: Path, fingerprint: dict, *, resume: bool, force: bool) -> None:
-    """Refuse to mix runs: another recipe's or other data's fine-tune is replaced only with --force."""
-    if force and not resume:
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    previous = read_manifest(out)
-    checkpoint = last_checkpoint(out)
-    if resume:
-        if checkpoint is None:
-            raise UserError(f"nothing to resume in {out / 'checkpoints'}; run without --resume to start training.")
-        if not force and not _same_run(previous, fingerprint, ignore=RESUMABLE_CHANGES):
-            raise UserError(
-                f"{out} was trained on other data or [sft] settings, so it cannot be resumed with these; "
-                "use the same pairs and recipe, or add --force to resume anyway."
-            )
-        return
-    if previous and not _same_run(previous, fingerprint):
-        raise UserError(
-            f"{out} holds a fine-tune of other data or [sft] settings; use another --run folder, "
-            "or add --force to replace it."
-        )
-    if checkpoint is not None and previous.get("status") != "done":
-        raise UserError(
-            f"{out} has checkpoints of an unfinished fine-tune; add --resume to continue it or --force to start over."
-        )
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the same run again: start it over
-
-
-def _same_run(previous: dict, fingerprint: dict, ignore: set[str] = frozenset()) -> bool:
-    if not previous:
-        return True
-    old, new = previous.get("recipe_sft", {}), fingerprint["sft"]
-    keys = (set(old) | set(new)) - ignore
-    return previous.get("data_sha256") == fingerprint["data_sha256"] and all(old.get(k) == new.get(k) for k in keys)
-
-
-def last_checkpoint(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    folder = out / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
-
-
-def _train(pairs, cfg: Sft, entry, quant, run: Path, fingerprint, *, resume, progress) -> dict:
-    from paav_cli.libs import free_memory
-    from paav_cli.registry import require_path, revision_of
+    fingerprint = {"data_sha256": sha256_file(Path(pairs_path)), "recipe_sft": cfg.model_dump(mode="json")}
+    check_previous(out, fingerprint, section="sft", resume=resume, force=force, resumable=RESUMABLE_CHANGES)
+    clear_for_training(out, resume=resume, force=force)
 
     quiet_training()
     folder = require_path(entry)
     tokenizer = load_tokenizer(folder)
     train_rows, eval_rows = tokenize_pairs(tokenizer, pairs, cfg)
-    out = run / "sft"
-    device = describe_device()
-    bf16, note = use_bf16(cfg.dtype, device)
-    if note:
-        print(f"note: {note}.", file=sys.stderr)
     head = {
-        **fingerprint_fields(fingerprint), "status": "running", "base": entry.name,
-        "base_revision": revision_of(entry), "quant": quant, "device": device,
-        "dtype": "bf16" if bf16 else "fp32", **({"dtype_note": note} if note else {}),
+        **fingerprint, "status": "running", "base": entry.name, "base_revision": revision_of(entry), **hw.fields(),
         "pairs": {"train": len(train_rows), "eval": len(eval_rows)},
     }
     atomic_write_json(out / "manifest.json", head)
-    update_manifest(run, stages={"sft": {"status": "running"}})
+    # Until this training finishes, `paav run` must not take an earlier fine-tune here as done.
+    record_stage(run, StageResult("sft", status="running"))
     shutil.rmtree(out / "merged", ignore_errors=True)  # rank/dpo's merge of the old adapter would be stale
-    bar = make_progress(progress)
-    trainer = build_trainer(folder, tokenizer, train_rows, eval_rows, cfg, quant, out, bar, bf16=bf16)
+    bar = make_progress(progress, "fine-tuning")
+    trainer = build_trainer(folder, tokenizer, train_rows, eval_rows, cfg, hw, out, bar)
     try:
-        result = trainer.train(resume_from_checkpoint=True if resume else None)
+        trained = trainer.train(resume_from_checkpoint=True if resume else None)
         trainer.model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         history = epoch_history(trainer.state.log_history)
         manifest = {
-            **head, "status": "done", "hyperparameters": hyperparameters(trainer.args, cfg, quant),
-            "versions": library_versions(quant), "epochs": history, **final_losses(history),
-            "seconds": round(result.metrics.get("train_runtime", 0.0), 1),  # this session's, when resumed
+            **head, "status": "done", "hyperparameters": hyperparameters(trainer.args, cfg, hw.quant),
+            "versions": library_versions(), "epochs": history, **final_losses(history),
+            "seconds": round(trained.metrics.get("train_runtime", 0.0), 1),  # this session's, when resumed
         }
     finally:
         if bar is not None:
@@ -159,32 +88,19 @@ def _train(pairs, cfg: Sft, entry, quant, run: Path, fingerprint, *, resume, pro
         del trainer
         free_memory()
     atomic_write_json(out / "manifest.json", manifest)
-    summary = {k: manifest[k] for k in ("status", "base", "quant", "pairs", "final_loss", "final_eval_loss")}
-    summary.update(epochs=len(history), adapter=str(out))
-    update_manifest(run, stages={"sft": summary})
-    return summary
+    result = stage_result(manifest, out)
+    record_stage(run, result)
+    return result
 
 
-def quiet_training() -> None:
-    from paav_cli.libs import quiet
-
-    quiet()
-    # bitsandbytes (imported by peft and trl) warns on CPUs without its optional kernels package.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-
-
-def fingerprint_fields(fingerprint: dict) -> dict:
-    return {"data_sha256": fingerprint["data_sha256"], "recipe_sft": fingerprint["sft"]}
-
-
-def load_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tokenizer.pad_token is None:
-        # An existing token, never a new one: a grown vocabulary breaks the adapter's base and GGUF export.
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+def stage_result(manifest: dict, out: Path) -> StageResult:
+    """The stage's figures and outputs; the run's manifest keeps the rest of RUN/sft/manifest.json but
+    the per-epoch losses, which stay in RUN/sft/manifest.json."""
+    figures = {"pairs": manifest["pairs"], "final_loss": manifest["final_loss"],
+               "final_eval_loss": manifest["final_eval_loss"], "epochs": len(manifest["epochs"]),
+               "quant": manifest["quant"]}
+    record = {k: v for k, v in manifest.items() if k not in figures and k != "status"}
+    return StageResult("sft", figures=figures, outputs={"adapter": str(out)}, record=record)
 
 
 def tokenize_pairs(tokenizer, pairs: list[dict], cfg: Sft) -> tuple[list[dict], list[dict]]:
@@ -203,26 +119,6 @@ def tokenize_pairs(tokenizer, pairs: list[dict], cfg: Sft) -> tuple[list[dict], 
             "lower [sft] eval_fraction or give more pairs."
         )
     return train, held_out
-
-
-def load_model(folder: Path, quant: str, bf16: bool, gradient_checkpointing: bool):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    # fp32 unless bf16 is chosen or the GPU has it (no fp16 here: LoRA's small updates underflow without
-    # loss scaling).
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    if quant != "4bit":
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-    from peft import prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig
-
-    bnb = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float16,
-    )
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, quantization_config=bnb, device_map={"": 0})
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
 
 
 def sft_config(cfg: Sft, out: Path, has_eval: bool, bf16: bool, gradient_checkpointing: bool):
@@ -250,35 +146,20 @@ def sft_config(cfg: Sft, out: Path, has_eval: bool, bf16: bool, gradient_checkpo
     )
 
 
-def build_trainer(folder, tokenizer, train_rows, eval_rows, cfg: Sft, quant, out: Path, bar=None, *, bf16=None):
-    """trl's SFTTrainer with paav's LoRA; bf16 None: chosen from the recipe and this device."""
+def build_trainer(folder, tokenizer, train_rows, eval_rows, cfg: Sft, hw: Hardware, out: Path, bar=None):
+    """trl's SFTTrainer with paav's LoRA, on the machine `hw` describes."""
     quiet_training()  # before the imports: importing peft and trl already logs
     from datasets import Dataset
-    from datasets.utils.logging import disable_progress_bar
-    from peft import LoraConfig
-    from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
-    disable_progress_bar()  # trl's dataset preparation maps would draw tqdm bars
-    device = describe_device()
-    gpu = device["kind"] == "cuda"
-    checkpointing = cfg.gradient_checkpointing == "on" or (cfg.gradient_checkpointing == "auto" and gpu)
-    if bf16 is None:
-        bf16, _ = use_bf16(cfg.dtype, device)
-    model = load_model(folder, quant, bf16, checkpointing)
-    lora = LoraConfig(
-        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.targets), task_type="CAUSAL_LM",
-    )
-    trainer_class = plain_loss_trainer() if not gpu else SFTTrainer
+    model = load_model(folder, hw)
+    trainer_class = SFTTrainer if hw.device["kind"] == "cuda" else plain_loss_trainer()
     trainer = trainer_class(
-        model=model, args=sft_config(cfg, out, bool(eval_rows), bf16, checkpointing),
+        model=model, args=sft_config(cfg, out, bool(eval_rows), hw.bf16, hw.gradient_checkpointing),
         train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-        processing_class=tokenizer, peft_config=lora,
+        processing_class=tokenizer, peft_config=lora_config(cfg.lora),
     )
-    trainer.remove_callback(PrinterCallback)  # with disable_tqdm it would print every log dict to stdout
-    if bar is not None:
-        trainer.add_callback(progress_callback(bar))
+    attach_progress(trainer, bar)
     return trainer
 
 
@@ -311,21 +192,6 @@ def hyperparameters(args, cfg: Sft, quant: str) -> dict:
     }
 
 
-def library_versions(quant: str) -> dict:
-    import peft
-    import torch
-    import transformers
-    import trl
-
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-                "peft": peft.__version__}
-    if quant == "4bit":
-        import bitsandbytes
-
-        versions["bitsandbytes"] = bitsandbytes.__version__
-    return versions
-
-
 def epoch_history(log_history: list[dict]) -> list[dict]:
     """Mean train loss per epoch (from the per-step logs) and the eval loss at each epoch's end."""
     epochs: dict[int, dict] = {}
@@ -348,99 +214,3 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
 def final_losses(history: list[dict]) -> dict:
     last = history[-1] if history else {}
     return {"final_loss": last.get("train_loss"), "final_eval_loss": last.get("eval_loss")}
-
-
-# ---------------------------------------------------------------------------------------------
-# Progress
-
-
-class TrainBar:
-    """A rich bar on stderr over optimizer steps: count, last loss, elapsed and time left."""
-
-    def __init__(self):
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )
-        self._task = None
-
-    def start(self, total: int, done: int) -> None:
-        self._task = self._progress.add_task("fine-tuning", total=total, completed=done, loss="--")
-        self._progress.start()
-
-    def update(self, done: int, loss: float | None) -> None:
-        self._progress.update(self._task, completed=done, loss="--" if loss is None else f"{loss:.4f}")
-
-    def close(self) -> None:
-        if self._task is not None:
-            self._progress.stop()
-
-
-class TrainLog:
-    """Without a terminal (nohup, CI logs): one plain line on stderr per minute, so a background run's
-    progress can be followed with `tail -f`."""
-
-    def __init__(self, every_s: float = 60.0):
-        import time
-
-        self._clock, self._every = time.monotonic, every_s
-        self._started = self._last = self._clock()
-        self._total = self._first = 0
-        self._shown = -1
-
-    def start(self, total: int, done: int) -> None:
-        self._total, self._first = total, done
-
-    def update(self, done: int, loss: float | None) -> None:
-        now = self._clock()
-        if done == self._shown or (now - self._last < self._every and done < self._total):
-            return
-        self._last, self._shown = now, done
-        elapsed = now - self._started
-        rate = (done - self._first) / elapsed if elapsed > 0 else 0
-        eta = f"{(self._total - done) / rate / 60:.0f} min" if rate > 0 else "?"
-        shown = "--" if loss is None else f"{loss:.4f}"
-        print(f"fine-tuning: step {done}/{self._total}, loss {shown}, {elapsed / 60:.1f} min, about {eta} left",
-              file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        pass
-
-
-def make_progress(progress):
-    from paav_cli.progress import stderr_is_terminal
-
-    if progress is None:
-        return TrainBar() if stderr_is_terminal() else TrainLog()
-    return progress or None
-
-
-def progress_callback(bar):
-    """A TrainerCallback feeding the trainer's steps and logged loss to a progress object (TrainBar or the caller's)."""
-    from transformers import TrainerCallback
-
-    class ProgressCallback(TrainerCallback):
-        loss = None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            bar.start(state.max_steps, state.global_step)  # a resumed run starts at its checkpoint's step
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            self.loss = (logs or {}).get("loss", self.loss)
-            bar.update(state.global_step, self.loss)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            bar.update(state.global_step, self.loss)
-
-    return ProgressCallback()
