@@ -27,6 +27,9 @@ from paav_cli import paths
 from paav_cli.errors import UserError
 
 BUILTIN_MODELS = Path(__file__).with_name("models.toml")
+# The tiny random models of the tests and the tiny-cpu recipe: shipped, so recipes find them by name,
+# but kept apart so the real registry reads as the models a user would run.
+TINY_MODELS = Path(__file__).parent / "testing" / "tiny-models.toml"
 
 ROLES = ("boosters", "mutators", "generators", "rewards", "base_llms")
 ROLE_TITLES = {
@@ -286,16 +289,17 @@ class Registry:
         """The built-in registry extended by the user's file. A broken user file is a UserError, or with
         `keep_going` (for `paav models list`, the command that helps find the mistake) it is left out
         and `problem` says why."""
-        files = [BUILTIN_MODELS]
+        shipped = [BUILTIN_MODELS, TINY_MODELS]
+        files = list(shipped)
         user = paths.user_models_file()
         if user.exists() or "PAAV_MODELS" in os.environ:
             files.append(user)
         try:
             return cls(files)
         except UserError as e:
-            if not keep_going or len(files) == 1:
+            if not keep_going or len(files) == len(shipped):
                 raise
-            reg = cls(files[:1])
+            reg = cls(shipped)
             reg.problem = str(e)
             return reg
 
