@@ -13,9 +13,10 @@ from paav_cli import registry
 def _status(entry: registry.ModelEntry) -> str:
     if isinstance(entry, registry.MutatorEntry) and entry.backend == "openai":
         return "api"
-    if entry.source_kind in ("package", "builder") and not registry.is_present(entry):
-        return "on first use"
-    return "yes" if registry.is_present(entry) else "no"
+    if registry.is_present(entry):
+        return "yes"
+    # A packaged model is assembled by whatever first loads it; anything else takes `paav models pull`.
+    return "on first use" if entry.source_kind == "package" and not registry.is_made(entry) else "no"
 
 
 def rows(role: str | None = None, *, include_tiny: bool = False) -> list[dict]:

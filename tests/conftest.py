@@ -18,6 +18,18 @@ def shared_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("paav-cache")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tiny_models(shared_cache) -> dict[str, Path]:
+    # Tiny models are test fixtures: the registry only finds them, so the session builds them all
+    # once (seconds), before any test or `paav` subprocess looks for one.
+    from paav_cli.testing import build_tiny_models
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PAAV_CACHE", str(shared_cache))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        return build_tiny_models()
+
+
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path, shared_cache):
     monkeypatch.setenv("PAAV_CACHE", str(shared_cache))

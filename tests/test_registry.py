@@ -1,5 +1,8 @@
+import ast
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,16 +97,138 @@ def test_models_list_hides_tiny_test_models_unless_asked(capsys):
     assert cli.main(["models", "list", "--json", "--all"]) == 0
     shown = {json.loads(line)["name"] for line in capsys.readouterr().out.splitlines()}
     assert tiny <= shown
+    assert cli.main(["models", "list", "--json", "--all", "--role", "base_llms"]) == 0
+    rows = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["tiny-llama"]["local"] == "yes"  # the test session built it
+
+
+def test_tiny_models_have_a_registry_file_of_their_own():
+    reg = registry.Registry.load()
+    tiny = [e for e in reg.entries.values() if e.builder == "tiny"]
+    assert len(tiny) >= 17 and {"tiny", "tiny-cogvideox", "tiny-llama", "tiny-hf-booster"} <= {e.name for e in tiny}
+    assert {Path(e.defined_in) for e in tiny} == {registry.TINY_MODELS}
+    assert 'builder = "tiny"' not in "".join(
+        line for line in registry.BUILTIN_MODELS.read_text().splitlines(keepends=True) if not line.startswith("#"))
+    # The shipped tiny-cpu recipe still finds every model it names.
+    from paav_cli.provision import recipe_models
+    from paav_cli.recipe import load_recipe
+
+    assert {e.name for e in recipe_models(load_recipe("tiny-cpu"), reg)} >= {"tiny-cogvideox", "tiny-llama"}
 
 
 def test_models_path_builds_tiny_and_reports_missing(tmp_path):
-    proc = paav("models", "path", "tiny")
+    user_models(tmp_path, '[boosters.my-tiny]\nbuilder = "tiny"\nfile = "tiny-booster.gguf"\nprompt_format = "fewshot"\n')
+    entry = registry.Registry.load().get("my-tiny")
+    assert registry.local_path(entry) is None  # not among the models the test session built
+    proc = paav("models", "path", "my-tiny")
     assert proc.returncode == 0, proc.stderr
-    from pathlib import Path
-
-    assert Path(proc.stdout.strip()).is_file()
+    assert Path(proc.stdout.strip()) == registry.local_path(entry) and registry.local_path(entry).is_file()
     assert_user_error(paav("models", "path", "cogvideox-2b"), "paav models pull cogvideox-2b")
     assert_user_error(paav("models", "path", "nope"), "unknown model 'nope'")
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry is a leaf: it finds and fetches; what must be made is made by its own layer.
+
+LAYERS = ("paav_cli.export", "paav_cli.train", "paav_cli.testing", "paav_cli.provision", "transformers", "torch")
+
+
+def test_the_registry_imports_no_stage_and_no_heavy_library():
+    code = ("import sys, json, paav_cli.registry as r; r.Registry.load(); "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('paav_cli', 'transformers', 'torch')))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = json.loads(out)
+    assert not [m for m in loaded if m.startswith(LAYERS)], loaded
+    # Nor later, inside a function: no import statement anywhere in the module names them.
+    tree = ast.parse(Path(registry.__file__).read_text(encoding="utf-8"))
+    named = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    named += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    named += [f"paav_cli.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+              and node.module == "paav_cli" for alias in node.names]
+    assert not [m for m in named if m.startswith(LAYERS)], named
+
+
+def _not_made(tmp_path) -> dict:
+    """Entries of every kind that must be made, none of them made yet (a cache of this test's own)."""
+    folder = tmp_path / "hf-booster"
+    user_models(tmp_path, f"""
+[boosters.my-tiny]
+builder = "tiny"
+file = "tiny-booster.gguf"
+prompt_format = "fewshot"
+
+[base_llms.my-dequantised]
+from_gguf = "my-tiny"
+
+[boosters.my-hf]
+path = "{folder}"
+format = "hf"
+""")
+    return {name: registry.Registry.load().get(name) for name in ("my-tiny", "my-dequantised", "my-hf")}
+
+
+def test_a_model_not_made_yet_is_one_sentence_naming_the_pull(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAAV_CACHE", str(tmp_path / "cache"))
+    entries = _not_made(tmp_path)
+    (tmp_path / "hf-booster").mkdir()  # the HF checkpoint is there; its GGUF is not
+    for name, entry in entries.items():
+        assert registry.is_made(entry) and not registry.is_present(entry)
+        with pytest.raises(UserError) as err:
+            registry.require_path(entry)
+        message = str(err.value)
+        assert f"run `paav models pull {name}`" in message and message.endswith("."), message
+        assert "\n" not in message and ". " not in message, message  # one sentence
+        if entry.source_kind != "path":  # made, so nothing to download: pull says so too
+            with pytest.raises(UserError, match=f"run `paav models pull {name}`"):
+                registry.pull(entry)
+    assert not (tmp_path / "cache" / "models").exists()  # nothing was built on the way
+
+
+def test_provide_builds_tiny_dequantises_through_train_base_and_converts_hf(tmp_path, monkeypatch):
+    """`provide` makes each kind with the layer that owns it: tiny models in testing, a from_gguf
+    base in train.base (a real dequantisation, of the tiny GGUF), an HF booster's GGUF in export."""
+    from paav_cli import provision
+    from paav_cli.export.hf_booster import booster_gguf
+    from paav_cli.train import base
+
+    monkeypatch.setenv("PAAV_CACHE", str(tmp_path / "cache"))
+    entries = _not_made(tmp_path)
+    reg = registry.Registry.load()
+    dequantised = []
+    real = base.dequantise
+    monkeypatch.setattr(base, "dequantise", lambda *a: dequantised.append(a) or real(*a))
+
+    folder = provision.provide(entries["my-dequantised"], reg)  # builds my-tiny first, then dequantises it
+    assert registry.require_path(entries["my-tiny"]).is_file()
+    assert len(dequantised) == 1 and dequantised[0][0] == registry.local_path(entries["my-tiny"])
+    assert folder == registry.require_path(entries["my-dequantised"]) and (folder / "config.json").is_file()
+    assert provision.provide(entries["my-dequantised"], reg) == folder and len(dequantised) == 1  # made once
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert AutoTokenizer.from_pretrained(folder)("a cat").input_ids
+
+    # An HF booster at a local path: its GGUF converted on first use, as enhance asks for it.
+    import shutil
+
+    shutil.copytree(provision.provide(reg.get("tiny-llama"), reg), tmp_path / "hf-booster")
+    gguf = booster_gguf(entries["my-hf"])
+    assert gguf == registry.converted_gguf(entries["my-hf"]) and gguf.is_file()
+    assert registry.require_path(entries["my-hf"]) == gguf == provision.provide(entries["my-hf"], reg)
+    assert not list(gguf.parent.glob(".*partial*"))
+
+
+def test_revision_of_a_dequantised_base_uses_the_registry_it_is_given(monkeypatch):
+    reg = registry.Registry.load()
+    entry = reg.get("gemma-3-270m-gguf", "base_llms")
+
+    def no_second_load(*a, **k):
+        raise AssertionError("revision_of loaded the registry again")
+
+    monkeypatch.setattr(registry.Registry, "load", no_second_load)
+    assert registry.revision_of(entry, reg) == "gguf@a5fd3b62230aa5ec"  # the GGUF's pin
 
 
 def test_pull_fails_with_one_sentence_when_the_hub_is_unreachable():
@@ -120,6 +245,7 @@ def test_package_pull_checks_sha256_and_leaves_nothing_behind(tmp_path, monkeypa
         "from pathlib import Path\n"
         "def assemble(dest):\n    Path(dest).write_bytes(b'not the pinned bytes')\n    return Path(dest)\n"
     )
+    _importable(monkeypatch, tmp_path / "pkgs")
     user_models(tmp_path, """
 [boosters.fake]
 package = "fake_weights"
@@ -200,6 +326,12 @@ def test_user_registry_with_a_byte_order_mark_is_read(tmp_path):
     assert registry.Registry.load().get("mine").prompt_format == "chat"
 
 
+def _importable(monkeypatch, folder: Path) -> None:
+    """Packages in `folder` found by a `paav` run in this process as by one in its own (PYTHONPATH)."""
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, "fake_weights", raising=False)  # another test's fake, imported earlier
+
+
 def _fake_package(tmp_path, data: bytes = b"the pinned bytes") -> dict:
     pkg = tmp_path / "pkgs" / "fake_weights"
     pkg.mkdir(parents=True, exist_ok=True)
@@ -229,8 +361,9 @@ def test_a_path_entry_with_a_wrong_pin_is_not_used(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == str(tmp_path / "mine.gguf"), proc.stderr
 
 
-def test_a_cached_file_changed_after_pull_is_noticed(tmp_path):
+def test_a_cached_file_changed_after_pull_is_noticed(tmp_path, monkeypatch):
     env = _fake_package(tmp_path)
+    _importable(monkeypatch, tmp_path / "pkgs")
     proc = paav("models", "path", "fake", env=env)
     assert proc.returncode == 0, proc.stderr
     cached = Path(proc.stdout.strip())
@@ -247,7 +380,7 @@ def test_pins_are_hashed_only_when_the_file_changed(tmp_path, monkeypatch):
 
     env = _fake_package(tmp_path)
     monkeypatch.setenv("PAAV_CACHE", env["PAAV_CACHE"])  # not the session's shared cache
-    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    _importable(monkeypatch, tmp_path / "pkgs")
     entry = registry.Registry.load().get("fake")
     hashed = []
     real = registry.sha256_file

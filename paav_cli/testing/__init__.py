@@ -1,7 +1,9 @@
 """Builders of tiny models of every kind paav loads, for tests and CPU demos.
 
-Registry entries with `builder = "tiny"` are built here on first use, into paav's cache, and then
-loaded by exactly the code that loads the real models.
+Registry entries with `builder = "tiny"` (paav_cli/testing/tiny-models.toml) are built here into
+paav's cache, and then loaded by exactly the code that loads the real models. The registry only finds
+them: they are built by the test session (tests/conftest.py), by `paav models pull NAME` and by
+`paav run` for the ones its recipe names, all through `build_tiny_model`.
 """
 
 from __future__ import annotations
@@ -28,11 +30,24 @@ _BUILDERS = {
 }
 
 
-def tiny_model_path(entry, folder: Path) -> Path:
-    return Path(folder) / (entry.file or entry.name)
+def tiny_model_path(entry, folder: Path | None = None) -> Path:
+    """Where `entry` is built (inside `folder`, else its folder in paav's cache)."""
+    from paav_cli.registry import built_path
+
+    return built_path(entry, folder)
 
 
-def build_tiny_model(entry, folder: Path) -> Path:
+def build_tiny_models(reg=None) -> dict[str, Path]:
+    """Every tiny model of the registry built into paav's cache, skipping those already there."""
+    from paav_cli.registry import Registry, source_path
+
+    reg = reg or Registry.load()
+    tiny = [e for e in reg.entries.values() if e.builder == "tiny"]
+    return {e.name: source_path(e) or build_tiny_model(e) for e in tiny}
+
+
+def build_tiny_model(entry, folder: Path | None = None) -> Path:
+    """Build `entry` (again, if it is there) into `folder`, else its folder in paav's cache."""
     import importlib
     import shutil
     import tempfile

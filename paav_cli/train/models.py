@@ -11,10 +11,13 @@ from pathlib import Path
 from paav_cli import registry
 from paav_cli.errors import UserError
 from paav_cli.recipe import Recipe
+from paav_cli.train.base import base_model_folder
 
 
 def base_folder(recipe: Recipe) -> Path:
-    return registry.require_path(registry.Registry.load().get(recipe.sft.base, "base_llms"))
+    """The recipe's base LLM as a local folder (dequantised from its GGUF on first use)."""
+    reg = registry.Registry.load()
+    return base_model_folder(reg.get(recipe.sft.base, "base_llms"), reg)
 
 
 def model_for_round(run: Path, round: int, recipe: Recipe) -> Path:
@@ -45,7 +48,8 @@ def resolve_base(adapter: Path, base: str | None) -> Path:
     if base:
         if Path(base).is_dir():
             return Path(base)
-        return registry.require_path(registry.Registry.load().get(base, "base_llms"))
+        reg = registry.Registry.load()
+        return base_model_folder(reg.get(base, "base_llms"), reg)
     config = Path(adapter) / "adapter_config.json"
     if not config.is_file():
         raise UserError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json); check the path.")
