@@ -26,6 +26,11 @@ PIPELINES = {
     "hunyuanvideo": "HunyuanVideoPipeline",
     "stable-diffusion": "StableDiffusionPipeline",
 }
+# Families whose pipeline would drop a negative prompt without a word: HunyuanVideo's guidance is
+# distilled into the model (`guidance_scale` is an embedding) and diffusers reads `negative_prompt` only
+# with `true_cfg_scale` > 1, which paav does not set. A negative is refused for them rather than kept in
+# the cache key of a render it never touched.
+IGNORES_NEGATIVE = {"hunyuanvideo"}
 MEMORY_MODES = ("none", "model", "sequential")
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -92,6 +97,11 @@ class VideoGenerator:
     # -- settings
 
     def resolve(self, jobs: Sequence[RenderJob]) -> list[RenderSettings]:
+        if self.entry.family in IGNORES_NEGATIVE and any(job.negative for job in jobs):
+            raise UserError(
+                f"{self.entry.name} ({self.entry.family}) does not use negative prompts (its guidance is distilled); "
+                "render without --negative / --paper-negative (or negative and paper_negative under [render])."
+            )
         dtype = self.options.dtype or "auto"
         if dtype == "auto":
             dtype = default_dtype(self.options, accelerator())
