@@ -6,13 +6,17 @@ is an error that names the section and the key.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from paav_cli.errors import UserError
+from paav_cli.registry import Registry
 
 RECIPES_DIR = Path(__file__).with_name("recipes")  # a link to the repository's recipes/, shipped in wheels
 
@@ -199,3 +203,54 @@ def _fields_at(loc: list[str]) -> list[str]:
             break
         model = annotation
     return [name for name in model.model_fields if name != "path"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks before a stage starts
+
+# The recipe's models each stage loads; export and dpo load only what earlier stages trained.
+STAGE_MODELS = {
+    "evolve": ("generator", "rewards", "mutator"),
+    "sft": ("base",),
+    "rank": ("generator", "rewards"),
+    "eval": ("generator", "rewards"),
+}
+
+
+def check_models(recipe: Recipe, reg: Registry | None = None, *, stages: Iterable[str] = ("evolve",)) -> None:
+    """Every model of the recipe that `stages` will load, looked up now, so that a mistyped name stops
+    a command before it renders, trains or records anything."""
+    from paav_cli.rewards import check_scorable
+    from paav_cli.rewards.presets import get_preset
+
+    reg = reg or Registry.load()
+    roles = {role for stage in stages for role in STAGE_MODELS.get(stage.split("-")[0], ())}
+    if "generator" in roles:
+        reg.get(recipe.models.generator, "generators")
+    if "rewards" in roles:
+        for name in recipe.models.rewards:
+            check_scorable(reg.get(name, "rewards"))
+        get_preset(recipe.scores.preset)
+    if "mutator" in roles:
+        reg.get(recipe.models.mutator, "mutators")
+    if "base" in roles:
+        reg.get(recipe.sft.base, "base_llms")
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """What a resumed run must keep. The mutator may change (an endpoint goes down, a backup takes
+    over); every mutator a run used is listed in its manifest."""
+    data = recipe.model_dump(exclude={"path", "name", "description"})
+    data["models"].pop("mutator")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_same_recipe(run: str | Path, recipe: Recipe) -> None:
+    """A run folder resumes only with the recipe settings it was made with (a missing manifest:
+    a new run, nothing to compare)."""
+    from paav_cli.runs import read_manifest
+
+    before = read_manifest(Path(run)).get("recipe_hash")
+    if before and before != recipe_hash(recipe):
+        raise UserError(f"{run} was made with different recipe settings; resume it with the same recipe, "
+                        "or start a new --run folder.")
