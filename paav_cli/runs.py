@@ -182,6 +182,16 @@ class StageResult:
     def done(self) -> bool:
         return self.status == "done"
 
+    @classmethod
+    def from_entry(cls, stage: str, entry: dict, run: Path | None = None) -> StageResult:
+        """A stage as RUN/manifest.json records it; outputs kept relative to the run folder come back
+        under `run`."""
+        outputs = {role: str(Path(run) / path) if run is not None else path
+                   for role, path in (entry.get("outputs") or {}).items()}
+        record = {k: v for k, v in entry.items() if k not in ("status", "stopped", "figures", "outputs")}
+        return cls(stage, entry.get("status", "?"), dict(entry.get("figures") or {}), outputs,
+                   entry.get("stopped") or None, record)
+
     def to_json(self) -> dict:
         """The result as `--json` prints it."""
         return {"stage": self.stage, "status": self.status, "stopped": self.stopped,
@@ -191,11 +201,14 @@ class StageResult:
         return {**self.record, "status": self.status, **({"stopped": self.stopped} if self.stopped else {}),
                 "figures": self.figures, "outputs": self.outputs}
 
+    def figures_text(self) -> str:
+        return ", ".join(f"{k} {_figure(v)}" for k, v in self.figures.items())
+
     def lines(self) -> list[str]:
         """The result as every command prints it: the stage and its figures, then one line an output."""
         head = f"{self.stage}: {self.status}"
         if self.figures:
-            head += "; " + ", ".join(f"{k} {_figure(v)}" for k, v in self.figures.items())
+            head += "; " + self.figures_text()
         if self.stopped:
             head += f" (stopped early: {self.stopped})"
         return [head, *(f"  {role}: {path}" for role, path in self.outputs.items())]
@@ -212,7 +225,23 @@ def _figure(value: Any) -> str:
 def record_stage(run: Path, result: StageResult) -> dict:
     """Record a finished (or stopped) stage in RUN/manifest.json: the one place a stage is recorded,
     whether it ran by hand (`paav sft ...`) or inside `paav run`."""
-    return update_manifest(Path(run), stages={result.stage: result.manifest_entry()})
+    run = Path(run)
+    entry = result.manifest_entry()
+    entry["outputs"] = {role: _relative_to(run, path) for role, path in result.outputs.items()}
+    return update_manifest(run, stages={result.stage: entry})
+
+
+def mark_running(run: Path, stage: str) -> None:
+    """Record a stage as running before its work starts, so that one redone (`paav run --from`) and
+    killed part way does not still read "done" and get skipped by the next run."""
+    record_stage(run, StageResult(stage, status="running"))
+
+
+def _relative_to(run: Path, path: str) -> str:
+    """An output inside the run folder is kept relative to it, so that a run folder moved, copied or
+    read from another working folder still names its files; one outside is kept absolute."""
+    full, root = Path(path).resolve(), run.resolve()
+    return str(full.relative_to(root)) if full.is_relative_to(root) else str(full)
 
 
 # ---------------------------------------------------------------------------------------------

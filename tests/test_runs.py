@@ -67,3 +67,35 @@ def test_a_file_lock_is_one_holder_at_a_time_shared_within_a_process(tmp_path):
         assert other.returncode != 0 and f"UserError: busy {os.getpid()}" in other.stderr
     free = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=False)
     assert free.returncode == 0, free.stderr
+
+
+def test_a_stage_result_is_recorded_with_outputs_relative_to_the_run_and_read_back(tmp_path):
+    from paav_cli.runs import StageResult, read_manifest, record_stage
+
+    run = tmp_path / "run"
+    outside = tmp_path / "elsewhere.gguf"
+    result = StageResult("export", figures={"bytes": 12, "quant": "F16"},
+                         outputs={"gguf": str(run / "export" / "b.gguf"), "copy": str(outside)},
+                         record={"verify": {"ok": True}})
+    record_stage(run, result)
+    entry = read_manifest(run)["stages"]["export"]
+    assert entry == {"verify": {"ok": True}, "status": "done", "figures": {"bytes": 12, "quant": "F16"},
+                     "outputs": {"gguf": "export/b.gguf", "copy": str(outside)}}
+    moved = tmp_path / "moved"
+    run.rename(moved)  # a run folder copied or moved still names its own files
+    back = StageResult.from_entry("export", read_manifest(moved)["stages"]["export"], moved)
+    assert back.outputs == {"gguf": str(moved / "export" / "b.gguf"), "copy": str(outside)}
+    assert (back.figures, back.record, back.done) == (result.figures, result.record, True)
+
+
+def test_a_stopped_stage_says_why_in_its_lines_and_its_json():
+    from paav_cli.runs import StageResult
+
+    result = StageResult("evolve", "stopped", {"pairs": 2, "best_gain": 0.123456, "intent": {"a": 0.5}},
+                         {"pairs": "r/evolve/pairs.jsonl"}, "--max-videos 5 reached")
+    assert not result.done
+    head = "evolve: stopped; pairs 2, best_gain 0.1235, intent a 0.5 (stopped early: --max-videos 5 reached)"
+    assert result.lines() == [head, "  pairs: r/evolve/pairs.jsonl"]
+    assert json.loads(json.dumps(result.to_json())) == {
+        "stage": "evolve", "status": "stopped", "stopped": "--max-videos 5 reached",
+        "figures": {"pairs": 2, "best_gain": 0.123456, "intent": {"a": 0.5}}, "outputs": {"pairs": "r/evolve/pairs.jsonl"}}
