@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from typer.core import TyperGroup
 
 from paav_cli import __version__
 from paav_cli.errors import UserError
+
 
 class DefaultCommandGroup(TyperGroup):
     """A command group whose first word, when it is no command of the group, belongs to a default
@@ -83,10 +85,41 @@ class OnError(str, Enum):
     skip = "skip"
 
 
-def _interrupted(what: str) -> None:
-    """Ctrl-C in a long command: say that nothing finished is lost, exit 130 (Click would say "Aborted!")."""
-    print(f"\ninterrupted: {what} saved; run the same command again to resume.", file=sys.stderr)
-    raise typer.Exit(130)
+@contextmanager
+def _resumable(what: str, *displays):
+    """Around a long command's work: its live displays closed however it ends, so the terminal is
+    left clean; on Ctrl-C, one line saying that nothing finished is lost, and exit code 130 (Click
+    would say "Aborted!")."""
+    interrupted = False
+    try:
+        yield
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        for display in displays:
+            if display is not None:
+                display.close()
+    if interrupted:
+        print(f"\ninterrupted: {what} saved; run the same command again to resume.", file=sys.stderr)
+        raise typer.Exit(130)
+
+
+JSON_RESULT = "Print the result as one JSON object: stage, status, stopped, figures, outputs."
+
+
+def _print_result(result, as_json: bool, detail: str | None = None) -> None:
+    """How every stage command prints what it did: with --json one JSON object on stdout, else the
+    stage's lines on stdout (after `detail`, such as eval's table); a stage that stopped early also
+    says on stderr how to go on."""
+    if as_json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+    else:
+        if detail:
+            print(detail.rstrip("\n"))
+        print("\n".join(result.lines()))
+    if not result.done:
+        print(f"{result.stage} stopped early: {result.stopped or result.status}; run the same command again "
+              "(with a larger budget, if a budget stopped it) to go on.", file=sys.stderr)
 
 
 def _version(value: bool) -> None:
@@ -149,7 +182,7 @@ def enhance(
         model=model, n=n, seed=seed, temperature=temperature, max_tokens=max_tokens,
         threads=threads, target=target, negative=negative, parallel=parallel, lora=lora,
     )
-    try:
+    with _resumable("finished records are"):
         if prompt is not None:
             summary = lib.enhance_records(
                 lib.single_prompt(prompt), output, opts, as_json=as_json, overwrite=overwrite, warn=lib.stderr_warn
@@ -159,8 +192,6 @@ def enhance(
                 input, output, opts, as_json=as_json, on_error=on_error.value, overwrite=overwrite,
                 warn=lib.stderr_warn, progress_factory=_progress,
             )
-    except KeyboardInterrupt:
-        _interrupted("finished records are")
     if negative and not as_json and not output:
         print(f"negative prompt: {lib.NEGATIVE_PROMPT}", file=sys.stderr)
     if output:
@@ -246,13 +277,8 @@ def render(
     )
     options = RenderOptions(memory=memory.value, vae_tiling=vae_tiling, dtype=None if dtype == Dtype.auto else dtype.value)
     bar = _two_level(len(records), "rendering")
-    try:
+    with _resumable("finished videos are", bar):
         results = render_records(records, generator, template, options, out_dir, progress=bar)
-    except KeyboardInterrupt:
-        _interrupted("finished videos are")
-    finally:
-        if bar:
-            bar.close()
     for r in results:
         print(json.dumps(r, ensure_ascii=False) if as_json else r["path"])
 
@@ -290,11 +316,8 @@ def score(
         raise UserError("--rewards is empty; name at least one reward model, e.g. --rewards aesthetic.")
     texts = prompts_for(videos, prompt or [])
     bar = _two_level(len(videos), "scoring")
-    try:
+    with _resumable("finished scores are", bar):
         records = score_videos(videos, texts, names, preset=preset, progress=bar)
-    finally:
-        if bar:
-            bar.close()
     if as_json:
         records_as_json(records)
     else:
@@ -336,6 +359,7 @@ def evolve_cmd(
     shard: str | None = typer.Option(None, "--shard", help="Only part i of n of the sources, e.g. 1/4 (for several machines)."),
     concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Mutator requests in flight (API mutators)."),
     memory: Memory | None = typer.Option(None, "--memory", help="Instead of the recipe's: none (the CPU mode), model, sequential."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_RESULT),
 ) -> None:
     """Evolve prompts: render, score, mutate (x iterations); write RUN/evolve/pairs.jsonl."""
     from paav_cli.evolve import evolve_run
@@ -349,43 +373,27 @@ def evolve_cmd(
                             concurrency=concurrency, memory=memory.value if memory else None)
     check_memory(options.memory or loaded.render.memory)  # before the run folder records anything
     view = _live(loaded.evolve.iterations)
-    try:
-        summary = evolve_run(prompts, loaded, run, mutator=mutator, max_digits=max_digits, options=options, view=view)
-    except KeyboardInterrupt:
-        _interrupted("everything finished is")
-    finally:
-        if view:
-            view.close()
-    _print_evolve_summary(summary, run)
+    with _resumable("everything finished is", view):
+        result = evolve_run(prompts, loaded, run, mutator=mutator, max_digits=max_digits, options=options, view=view)
+    _print_result(result, as_json)
 
 
 @evolve_app.command("merge")
 def evolve_merge(
     runs: list[str] = typer.Argument(..., help="Run folders of the shards (--shard 1/n ... n/n)."),
     out: str = typer.Option(..., "-o", "--output", help="The merged run folder."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_RESULT),
 ) -> None:
     """Merge the run folders of sharded evolutions into one: journals joined, pairs recomputed."""
     from paav_cli.evolve import merge_runs
 
-    _print_evolve_summary(merge_runs(runs, out), out)
+    _print_result(merge_runs(runs, out), as_json)
 
 
 def _live(iterations: int):
     from paav_cli.progress import LiveStatus, stderr_is_terminal
 
     return LiveStatus(iterations) if stderr_is_terminal() else None
-
-
-def _print_evolve_summary(summary: dict, run: str) -> None:
-    gain = summary.get("best_gain")
-    print(
-        f"{summary['pairs']} pairs from {summary['sources']} sources ({summary['sources_without_target']} without a "
-        f"target); {summary['candidates_scored']} candidates scored; best gain "
-        f"{'-' if gain is None else f'{gain:+.3f}'}; pairs in {run}/evolve/pairs.jsonl",
-    )
-    if summary.get("stopped"):
-        print(f"stopped early: {summary['stopped']}; run the same command again (with a larger budget) to go on.",
-              file=sys.stderr)
 
 
 class Quant(str, Enum):
@@ -410,14 +418,14 @@ def sft(
     quant: Quant = typer.Option(Quant.recipe, "--quant", help="4bit (QLoRA, needs a CUDA GPU), none (LoRA), auto."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Train again over a run folder made with other settings."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_RESULT),
 ) -> None:
     """Fine-tune the booster's base LLM on prompt pairs with LoRA (QLoRA on a GPU): RUN/sft/."""
     from paav_cli.recipe import load_recipe
     from paav_cli.train.sft import run_sft
 
     loaded = _with_quant(load_recipe(recipe), "sft", quant)
-    summary = run_sft(pairs, loaded, run, resume=resume, force=force)
-    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (dict, list))}, ensure_ascii=False))
+    _print_result(run_sft(pairs, loaded, run, resume=resume, force=force), as_json)
 
 
 @app.command()
@@ -426,13 +434,13 @@ def rank(
     recipe: str = typer.Option(..., "--recipe", "-r", help="A recipe file or a shipped recipe's name."),
     run: str = typer.Option(..., "--run", help="The run folder (with RUN/sft from `paav sft`)."),
     round: int = typer.Option(1, "--round", min=1, help="1: sample from the SFT model; N: from DPO round N-1's."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_RESULT),
 ) -> None:
     """Sample k rewrites per prompt from the booster, render and score them, pair them: RUN/rank/triples.jsonl."""
     from paav_cli.recipe import load_recipe
     from paav_cli.train.rank import run_rank
 
-    summary = run_rank(prompts, load_recipe(recipe), run, round=round)
-    print(json.dumps(summary, ensure_ascii=False))
+    _print_result(run_rank(prompts, load_recipe(recipe), run, round=round), as_json)
 
 
 @app.command()
@@ -442,14 +450,14 @@ def dpo(
     round: int = typer.Option(1, "--round", min=1, help="2 re-ranks with round 1's model and trains again."),
     quant: Quant = typer.Option(Quant.recipe, "--quant", help="4bit (QLoRA, needs a CUDA GPU), none (LoRA), auto."),
     force: bool = typer.Option(False, "--force", help="Train again over a round made with other settings."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_RESULT),
 ) -> None:
     """Train DPO on ranked triples on top of the SFT model (the adapter-disabled model is the reference)."""
     from paav_cli.recipe import load_recipe
     from paav_cli.train.rounds import dpo_round
 
     loaded = _with_quant(load_recipe(recipe), "dpo", quant)
-    summary = dpo_round(loaded, run, round, force=force)
-    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (dict, list))}, ensure_ascii=False))
+    _print_result(dpo_round(loaded, run, round, force=force), as_json)
 
 
 @app.command()
@@ -479,6 +487,7 @@ def export(
     verify: bool | None = typer.Option(None, "--verify/--no-verify", help="Compare logits with transformers (default: on for F32/F16)."),
     name: str | None = typer.Option(None, "--name", help="Register the GGUF as a booster under this name."),
     ollama: bool = typer.Option(False, "--ollama", help="Also write an Ollama Modelfile beside the GGUF."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_RESULT),
 ) -> None:
     """Convert a trained booster to GGUF (pure Python), quantise it with llama.cpp, verify it."""
     from pathlib import Path
@@ -490,17 +499,19 @@ def export(
         quant=quant, adapter=Path(adapter) if adapter else None, base=Path(base) if base else None, lora=lora,
         verify=verify, name=name, ollama=ollama,
     )
-    print(json.dumps(run_export(source, out, options), ensure_ascii=False))
+    _print_result(run_export(source, out, options), as_json)
 
 
 @app.command("eval")
 def eval_cmd(
     prompts: str = typer.Argument(..., help="A prompt set, e.g. benchmarks/vbench_test.txt."),
     methods: str = typer.Option("original,default", "--methods", help="Comma-separated: original, booster or mutator names, .gguf files."),
-    out: str = typer.Option("eval-report", "-o", "--output", help="Report folder (rerun to resume)."),
+    out: str | None = typer.Option(None, "-o", "--output", help="Report folder (rerun to resume); default RUN/eval with --run, else eval-report."),
     recipe: str | None = typer.Option(None, "--recipe", "-r", help="The recipe whose generator and rewards score (full mode)."),
     text_only: bool = typer.Option(False, "--text-only", help="No videos: intent similarity, budgets, lengths, speed."),
     target: str | None = typer.Option(None, "--target", help="Text-only: the generator whose token budget to check."),
+    run: str | None = typer.Option(None, "--run", help="Record the eval as a stage of this run folder (`paav runs show`)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_RESULT),
 ) -> None:
     """Compare rewriting methods on a prompt set: rewrite, render, score; tables and plots."""
     from paav_cli.evaluate import run_eval
@@ -510,13 +521,11 @@ def eval_cmd(
     if not names:
         raise UserError("--methods is empty; name at least one, e.g. --methods original,default.")
     loaded = load_recipe(recipe) if recipe else None
-    try:
-        summary = run_eval(prompts, names, out, recipe=loaded, text_only=text_only, target=target,
-                           progress=_eval_progress)
-    except KeyboardInterrupt:
-        _interrupted("finished rewrites are")
-    table = Path(summary["report_dir"]) / "table.md"
-    print(table.read_text() if table.is_file() else json.dumps(summary["rows"]))
+    out = out or (str(Path(run) / "eval") if run else "eval-report")
+    with _resumable("finished rewrites are"):
+        result = run_eval(prompts, names, out, recipe=loaded, text_only=text_only, target=target,
+                          progress=_eval_progress, run=run)
+    _print_result(result, as_json, detail=Path(result.outputs["table"]).read_text())
 
 
 def _eval_progress(total: int, description: str):
@@ -533,46 +542,42 @@ def run_cmd(
     from_stage: str | None = typer.Option(None, "--from", help="Redo from this stage (evolve, sft, rank, dpo-1, ...)."),
     until: str | None = typer.Option(None, "--until", help="Stop after this stage."),
     memory: Memory | None = typer.Option(None, "--memory", help="Instead of the recipe's: none (the CPU mode), model, sequential."),
+    as_json: bool = typer.Option(False, "--json", help="Print each stage's result as one JSON line, as it finishes."),
 ) -> None:
     """The whole method: evolve -> sft -> rank -> dpo (rounds) -> export -> eval, resumable."""
     from paav_cli.pipeline import run_recipe
     from paav_cli.recipe import load_recipe
 
     loaded = load_recipe(recipe)
-    try:
+    with _resumable("finished stages and work are"):
         run_recipe(loaded, run, prompts=prompts, from_stage=from_stage, until=until,
-                   memory=memory.value if memory else None, echo=lambda line: print(line, file=sys.stderr))
-    except KeyboardInterrupt:
-        _interrupted("finished stages and work are")
-    _print_stages(run)
+                   memory=memory.value if memory else None, echo=lambda line: print(line, file=sys.stderr),
+                   on_result=lambda result: _print_result(result, as_json))
 
 
 @runs_app.command("show")
 def runs_show_cmd(
     run: str = typer.Argument(..., help="A run folder."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON records."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON line per stage, as the stage commands' --json."),
 ) -> None:
     """The stages of a run, their figures, and where their outputs are."""
-    _print_stages(run, as_json)
-
-
-def _print_stages(run: str, as_json: bool = False) -> None:
     from paav_cli.pipeline import runs_show
 
-    rows = runs_show(run)
+    results = runs_show(run)
     if as_json:
-        for row in rows:
-            print(json.dumps(row, ensure_ascii=False))
+        for result in results:
+            print(json.dumps(result.to_json(), ensure_ascii=False))
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"run {run}")
-    for column in ("stage", "status", "figures", "output"):
+    for column in ("stage", "status", "figures", "outputs"):
         table.add_column(column, overflow="fold")
-    for row in rows:
-        figures = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row["figures"].items())
-        table.add_row(row["stage"], row["status"], figures, row["output"])
+    for result in results:
+        status = f"{result.status} ({result.stopped})" if result.stopped else result.status
+        outputs = "\n".join(f"{role}: {path}" for role, path in result.outputs.items())
+        table.add_row(result.stage, status, result.figures_text(), outputs)
     Console().print(table)
 
 

@@ -1,8 +1,9 @@
 """`paav run RECIPE --run RUN`: evolve -> sft -> rank -> dpo (rounds) -> export -> eval.
 
-Each stage records itself in RUN/manifest.json when it finishes; a rerun starts at the first
-stage not marked done (and each stage resumes its own partial work). `--from` redoes from a
-stage, `--until` stops after one. `runs_show` prints what a run folder holds.
+Each stage returns a StageResult and records itself in RUN/manifest.json (runs.record_stage), by
+hand or here alike; this module only chooses what runs. A rerun starts at the first stage not
+marked done (and each stage resumes its own partial work). `--from` redoes from a stage, `--until`
+stops after one. `runs_show` reads what a run folder holds.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from paav_cli.errors import UserError
-from paav_cli.recipe import Recipe
-from paav_cli.runs import prepare_run_folder, read_manifest, update_manifest
+from paav_cli.recipe import Recipe, check_models, check_same_recipe
+from paav_cli.runs import StageResult, prepare_run_folder, read_manifest
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -34,7 +35,7 @@ def export_path(run: Path, recipe: Recipe) -> Path:
 
 
 def _stage_runner(name: str, recipe: Recipe, run: Path, prompts: str | None, force: bool,
-                  memory: str | None = None) -> Callable[[], dict]:
+                  memory: str | None = None) -> Callable[[], StageResult]:
     p = recipe.pipeline
     if name == "evolve":
         from paav_cli.evolve import EvolveOptions, evolve_run
@@ -61,7 +62,7 @@ def _stage_runner(name: str, recipe: Recipe, run: Path, prompts: str | None, for
     raise AssertionError(name)
 
 
-def _sft(recipe: Recipe, run: Path, force: bool) -> dict:
+def _sft(recipe: Recipe, run: Path, force: bool) -> StageResult:
     from paav_cli.train.sft import run_sft
 
     pairs = run / "evolve" / "pairs.jsonl"
@@ -70,65 +71,69 @@ def _sft(recipe: Recipe, run: Path, force: bool) -> dict:
     return run_sft(pairs, recipe, run, resume=resume, force=not resume)
 
 
-def _export(recipe: Recipe, run: Path) -> dict:
+def _export(recipe: Recipe, run: Path) -> StageResult:
     from paav_cli.export.booster import ExportOptions, export
 
     out = export_path(run, recipe)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = export(str(run), str(out), ExportOptions(quant=recipe.pipeline.export_quant))
-    summary = {"status": "done", "gguf": str(out), "bytes": result["bytes"], "quant": result["quant"]}
-    update_manifest(run, stages={"export": summary})
-    return summary
+    return export(str(run), str(out), ExportOptions(quant=recipe.pipeline.export_quant))
 
 
-def _eval(recipe: Recipe, run: Path) -> dict:
+def _eval(recipe: Recipe, run: Path) -> StageResult:
     from paav_cli.evaluate import run_eval
 
     p = recipe.pipeline
     methods = [str(export_path(run, recipe)) if m == "booster" else m for m in p.eval_methods]
-    result = run_eval(data_file(p.eval_prompts, "eval_prompts"), methods, run / "eval", recipe=recipe,
-                      text_only=p.eval_text_only, target=None)
-    summary = {"status": "done", "report": str(run / "eval"), "rows": result["rows"]}
-    update_manifest(run, stages={"eval": summary})
-    return summary
+    return run_eval(data_file(p.eval_prompts, "eval_prompts"), methods, run / "eval", recipe=recipe,
+                    text_only=p.eval_text_only, target=None, run=run)
 
 
 def run_recipe(recipe: Recipe, run: str, *, prompts: str | None = None, from_stage: str | None = None,
                until: str | None = None, memory: str | None = None,
-               echo: Callable[[str], None] = print) -> dict:
-    """`memory` overrides the recipe's [render] memory mode for every stage; like the recipe's own
-    mode it is checked against this machine before the run folder records anything."""
+               echo: Callable[[str], None] = print,
+               on_result: Callable[[StageResult], None] | None = None) -> list[StageResult]:
+    """The stages from where the run folder stands (or `from_stage`) to `until`; returns what ran.
+    `echo` gets the progress lines, `on_result` each stage's result as it finishes (default: its
+    lines, echoed). `memory` overrides the recipe's [render] memory mode for every stage; like the
+    recipe's own mode it is checked against this machine before the run folder records anything."""
     names = stage_names(recipe)
-    for given, flag in ((from_stage, "--from"), (until, "--until")):
-        if given is not None and given not in names:
-            raise UserError(f"{flag} {given!r} is not a stage of this recipe; the stages are {', '.join(names)}.")
-    _check_models(recipe)
-    _check_data(recipe, prompts)
-    before = read_manifest(Path(run))
-    done = {k for k, v in before.get("stages", {}).items() if v.get("status") == "done"}
-    todo = _stages_to_run(names, done, from_stage, until)
-    if any(_renders(name, recipe) for name in todo):
-        from paav_cli.video.render import check_memory
-
-        check_memory(memory or recipe.render.memory)
+    todo = _plan(recipe, run, names, prompts, from_stage, until, memory)
     run_dir = prepare_run_folder(Path(run))
-    from paav_cli.evolve import recipe_hash
-
-    if before.get("recipe_hash") and before["recipe_hash"] != recipe_hash(recipe):
-        raise UserError(f"{run} was made with different recipe settings; resume it with the same recipe, "
-                        "or start a new --run folder.")
+    results = []
     for name in names[: names.index(until) + 1 if until else None]:
         if name not in todo:
             if from_stage is None:
                 echo(f"{name}: done already")
             continue
         echo(f"{name}: running")
-        summary = _stage_runner(name, recipe, run_dir, prompts, force=from_stage is not None, memory=memory)()
-        if summary.get("status") not in (None, "done"):
-            echo(f"{name}: stopped ({summary.get('stopped') or summary.get('status')}); run again to go on.")
-            return read_manifest(run_dir)
-        echo(f"{name}: done")
-    return read_manifest(run_dir)
+        result = _stage_runner(name, recipe, run_dir, prompts, force=from_stage is not None, memory=memory)()
+        results.append(result)
+        if on_result:
+            on_result(result)
+        else:
+            for line in result.lines():
+                echo(line)
+        if not result.done:
+            break  # the next stages need this one's work whole
+    return results
+
+
+def _plan(recipe: Recipe, run: str, names: list[str], prompts: str | None, from_stage: str | None,
+          until: str | None, memory: str | None) -> list[str]:
+    """The stages to run, after every check that can fail before the run folder is touched."""
+    for given, flag in ((from_stage, "--from"), (until, "--until")):
+        if given is not None and given not in names:
+            raise UserError(f"{flag} {given!r} is not a stage of this recipe; the stages are {', '.join(names)}.")
+    check_models(recipe, stages=names)
+    _check_data(recipe, prompts)
+    check_same_recipe(run, recipe)
+    done = {k for k, v in read_manifest(Path(run)).get("stages", {}).items() if v.get("status") == "done"}
+    todo = _stages_to_run(names, done, from_stage, until)
+    if any(_renders(name, recipe) for name in todo):
+        from paav_cli.video.render import check_memory
+
+        check_memory(memory or recipe.render.memory)
+    return todo
 
 
 def _stages_to_run(names: list[str], done: set[str], from_stage: str | None, until: str | None) -> list[str]:
@@ -157,41 +162,38 @@ def _check_data(recipe: Recipe, prompts: str | None) -> None:
     read_prompts(data_file(p.eval_prompts, "eval_prompts"))
 
 
-def _check_models(recipe: Recipe) -> None:
-    from paav_cli.registry import Registry
-
-    reg = Registry.load()
-    reg.get(recipe.models.generator, "generators")
-    for name in recipe.models.rewards:
-        reg.get(name, "rewards")
-    reg.get(recipe.models.mutator, "mutators")
-    reg.get(recipe.sft.base, "base_llms")
-
-
 # ---------------------------------------------------------------------------------------------
 # paav runs show
 
-FIGURES = {
+# Manifests written before the stage contract kept a stage's figures as flat keys of its entry,
+# and no outputs: read through these tables.
+OLD_FIGURES = {
     "evolve": ("pairs", "sources", "sources_without_target", "candidates_scored", "best_gain"),
     "sft": ("pairs", "final_loss", "final_eval_loss", "quant"),
     "rank": ("samples", "triples", "mean_margin", "pairing"),
-    "export": ("gguf", "bytes", "quant"),
-    "eval": ("report",),
+    "dpo": ("triples", "final_loss", "steps"),
+    "export": ("bytes", "quant"),
+    "eval": (),
 }
-OUTPUTS = {"evolve": "evolve/pairs.jsonl", "sft": "sft/", "rank": "rank/triples.jsonl", "export": "export/",
-           "eval": "eval/table.md"}
+OLD_OUTPUTS = {"evolve": ("pairs", "evolve/pairs.jsonl"), "sft": ("adapter", "sft"), "rank": ("triples", "triples.jsonl"),
+               "dpo": ("adapter", ""), "export": ("gguf", "export"), "eval": ("table", "eval/table.md")}
 
 
-def runs_show(run: str) -> list[dict]:
+def runs_show(run: str) -> list[StageResult]:
+    """Every stage RUN/manifest.json records, as the stage returned it."""
     manifest = read_manifest(Path(run))
     if not manifest:
         raise UserError(f"{run} is not a paav run folder (no manifest.json); check the path.")
-    rows = []
-    for name, stage in manifest.get("stages", {}).items():
-        kind = "dpo" if name.startswith("dpo-") else "rank" if name.startswith("rank") else name
-        keys = FIGURES.get(kind, ("triples", "final_loss", "steps"))
-        figures = {k: stage[k] for k in keys if k in stage and stage[k] is not None}
-        output = OUTPUTS.get(kind, f"{name}/")
-        rows.append({"stage": name, "status": stage.get("status", "?"), "figures": figures,
-                     "output": str(Path(run) / (output if kind != "rank" else f"{name}/triples.jsonl"))})
-    return rows
+    return [StageResult.from_entry(name, entry, Path(run)) if isinstance(entry.get("figures"), dict)
+            else _old_entry(name, entry, Path(run)) for name, entry in manifest.get("stages", {}).items()]
+
+
+def _old_entry(name: str, entry: dict, run: Path) -> StageResult:
+    kind = name.split("-")[0]
+    figures = {k: entry[k] for k in OLD_FIGURES.get(kind, ()) if entry.get(k) is not None}
+    role, path = OLD_OUTPUTS.get(kind, ("output", name))
+    if kind in ("rank", "dpo"):
+        path = str(Path(name) / path)  # rank-2/triples.jsonl, dpo-1/
+    record = {k: v for k, v in entry.items() if k not in ("status", "stopped") and k not in figures}
+    return StageResult(name, entry.get("status", "?"), figures, {role: str(run / path)},
+                       entry.get("stopped") or None, record)

@@ -54,3 +54,27 @@ def test_a_one_word_prompt_is_still_enhanced(capsys):
 def test_a_group_without_its_command_prints_its_help(capsys):
     assert cli.main(["models"]) == 0
     assert "pull" in capsys.readouterr().out
+
+
+class Display:
+    closed = 0
+
+    def close(self):
+        self.closed += 1
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_a_long_command_closes_its_displays_however_it_ends_and_ctrl_c_exits_130(error, capsys):
+    import typer
+
+    bar = Display()
+    with pytest.raises(typer.Exit if error is KeyboardInterrupt else error) as ended, \
+            cli._resumable("finished things are", bar, None):
+        raise error()
+    assert bar.closed == 1
+    err = capsys.readouterr().err
+    if error is KeyboardInterrupt:
+        assert ended.value.exit_code == 130
+        assert err.strip() == "interrupted: finished things are saved; run the same command again to resume."
+    else:
+        assert err == ""

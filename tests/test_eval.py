@@ -38,34 +38,40 @@ def journal(folder: Path) -> list[dict]:
 
 
 def count_rewrites(monkeypatch) -> list[int]:
-    """Counts booster batches (enhance.run_jobs) and mutator calls made from now on."""
+    """Counts booster jobs (Booster.run) and mutator calls made from now on."""
     from paav_cli import enhance
     from paav_cli.evaluate import methods
 
     calls = [0]
-    real_run_jobs, real_tidy = enhance.run_jobs, methods.tidy_mutator_output
+    real_run, real_tidy = enhance.Booster.run, methods.tidy_mutator_output
 
-    def run_jobs(booster, jobs, *args, **kwargs):
+    def run(booster, jobs, *args, **kwargs):
+        jobs = list(jobs)
         calls[0] += len(jobs)
-        return real_run_jobs(booster, jobs, *args, **kwargs)
+        return real_run(booster, jobs, *args, **kwargs)
 
     def tidy(original, raw):
         calls[0] += 1
         return real_tidy(original, raw)
 
-    monkeypatch.setattr(enhance, "run_jobs", run_jobs)
+    monkeypatch.setattr(enhance.Booster, "run", run)
     monkeypatch.setattr(methods, "tidy_mutator_output", tidy)
     return calls
 
 
 def test_text_only_eval(prompts, tmp_path, monkeypatch):
     out = tmp_path / "report"
-    summary = run_eval(str(prompts), ["original", "tiny", "tiny-mutator"], out, recipe=None, text_only=True,
-                       target=None)
-    assert summary["mode"] == "text-only" and summary["target"] == "cogvideox-5b"
+    result = run_eval(str(prompts), ["original", "tiny", "tiny-mutator"], out, recipe=None, text_only=True,
+                      target=None)
+    assert result.stage == "eval" and result.done
+    assert result.figures["mode"] == "text-only" and result.record["target"] == "cogvideox-5b"
+    assert result.outputs == {"table": str(out / "table.md"), "csv": str(out / "table.csv"),
+                              "winrate": str(out / "winrate.png"), "dims": str(out / "dims.png"),
+                              "journal": str(out / "prompts.jsonl")}
     for name in REPORT_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    rows = {r["method"]: r for r in summary["rows"]}
+    rows = {r["method"]: r for r in result.record["rows"]}
+    assert result.figures["intent"] == {name: row["intent"] for name, row in rows.items()}
     assert list(rows) == ["original", "tiny", "tiny-mutator"]
     assert rows["original"]["intent"] == pytest.approx(1.0, abs=1e-4)
     assert rows["original"]["fallback"] == 0 and rows["original"]["budget_ok"] == 1.0
@@ -89,9 +95,9 @@ def test_text_only_eval(prompts, tmp_path, monkeypatch):
     calls = count_rewrites(monkeypatch)
     again = run_eval(str(prompts), ["original", "tiny", "tiny-mutator"], out, recipe=load_recipe("tiny-cpu"),
                      text_only=True, target=None)
-    assert calls[0] == 0 and again["rewritten"] == 0 and again["reused"] == 9
-    assert again["target"] == "tiny-cogvideox"
-    tiny_row = next(r for r in again["rows"] if r["method"] == "tiny")
+    assert calls[0] == 0 and again.figures["rewritten"] == 0 and again.figures["reused"] == 9
+    assert again.record["target"] == "tiny-cogvideox"
+    tiny_row = next(r for r in again.record["rows"] if r["method"] == "tiny")
     assert tiny_row["budget_ok"] < 1  # 16 tokens: the tiny booster's rewrites do not fit
     assert len(journal(out)) == 3 * len(PROMPTS)
 
@@ -100,11 +106,12 @@ def test_full_eval_renders_scores_and_resumes(prompts, tmp_path, monkeypatch):
     out = tmp_path / "full"
     gguf = tiny_chat_gguf()
     methods = ["original", "tiny", gguf]
-    summary = run_eval(str(prompts), methods, out, recipe=fast_recipe(), text_only=False, target=None)
-    assert summary["mode"] == "full" and summary["rewritten"] == 9
+    result = run_eval(str(prompts), methods, out, recipe=fast_recipe(), text_only=False, target=None)
+    assert result.figures["mode"] == "full" and result.figures["rewritten"] == 9
     for name in REPORT_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    rows = {r["method"]: r for r in summary["rows"]}
+    rows = {r["method"]: r for r in result.record["rows"]}
+    assert result.figures["combined"] == {name: row["combined"] for name, row in rows.items()}
     assert list(rows) == methods
     for row in rows.values():
         assert {"AES", "CLIP", "Avg", "combined", "fallback", "seconds"} <= set(row)
@@ -125,10 +132,10 @@ def test_full_eval_renders_scores_and_resumes(prompts, tmp_path, monkeypatch):
 
     calls = count_rewrites(monkeypatch)
     again = run_eval(str(prompts), methods, out, recipe=fast_recipe(), text_only=False, target=None)
-    assert calls[0] == 0 and again["rewritten"] == 0
-    assert again["rendered"] == 0 and again["scored"] == 0  # renders and scores come from the cache
+    assert calls[0] == 0 and again.figures["rewritten"] == 0
+    assert again.record["rendered"] == 0 and again.record["scored"] == 0  # renders and scores come from the cache
     assert len(journal(out)) == 9
-    assert again["rows"] == summary["rows"]
+    assert again.record["rows"] == result.record["rows"]
 
 
 def test_partial_journal_resumes_only_missing(prompts, tmp_path, monkeypatch):
@@ -137,8 +144,8 @@ def test_partial_journal_resumes_only_missing(prompts, tmp_path, monkeypatch):
     kept = (out / "prompts.jsonl").read_text().splitlines()[:4]  # original x 3 and tiny's first
     (out / "prompts.jsonl").write_text("\n".join(kept) + "\n" + '{"method": "tiny", "id"')  # a cut-off line
     calls = count_rewrites(monkeypatch)
-    summary = run_eval(str(prompts), ["original", "tiny"], out, recipe=None, text_only=True, target=None)
-    assert calls[0] == 2 and summary["rewritten"] == 2 and summary["reused"] == 4
+    result = run_eval(str(prompts), ["original", "tiny"], out, recipe=None, text_only=True, target=None)
+    assert calls[0] == 2 and result.figures["rewritten"] == 2 and result.figures["reused"] == 4
     assert len(journal(out)) == 6
 
 
@@ -171,3 +178,9 @@ def test_mutator_output_is_tidied():
     text, issue = tidy_mutator_output("a cat", "<PROMPT>A cat naps in the sun.</PROMPT> more")
     assert text == "A cat naps in the sun." and issue is None
     assert tidy_mutator_output("a cat", "   ")[1] == "empty output"
+
+
+def test_an_eval_recorded_into_a_folder_that_is_no_run_is_refused_before_any_work(prompts, tmp_path):
+    with pytest.raises(UserError, match="not a paav run folder"):
+        run_eval(str(prompts), ["original"], tmp_path / "out", text_only=True, run=tmp_path / "no-run")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "no-run").exists()

@@ -19,7 +19,7 @@ from conftest import assert_user_error, paav, user_models
 from paav_cli.evolve import evolve_run, merge_runs
 from paav_cli.evolve.engine import EvolveOptions
 from paav_cli.recipe import load_recipe
-from paav_cli.runs import read_journal
+from paav_cli.runs import read_journal, read_manifest
 from paav_cli.video.render import accelerator
 
 SOURCES = ["a cat playing piano", "a red car in the rain", "a fox in the snow"]
@@ -120,24 +120,27 @@ class Counters:
 
 def test_evolution_makes_pairs_and_loads_each_model_once_per_iteration(tmp_path, monkeypatch):
     mutator = ScriptedMutator()
-    summary = run_with(monkeypatch, mutator, tmp_path)
+    result = run_with(monkeypatch, mutator, tmp_path)
     records = journal(tmp_path)
-    assert summary["status"] == "done"
+    assert result.done and result.stopped is None
     assert len(records) == 3 * (1 + 3 + 3)  # originals + 3 new per iteration, 2 iterations
     assert len({r["id"] for r in records}) == len(records)
-    assert summary["loads"] == {0: 3, 1: 3, 2: 3}  # generator + 2 rewards, whatever the number of prompts
+    assert result.record["loads"] == {0: 3, 1: 3, 2: 3}  # generator + 2 rewards, whatever the number of prompts
     assert mutator.calls == 3 * 2  # one call per source and iteration
     for r in records:
         assert set(r["scores"]) == {"AES", "CLIP"} and r["render_key"]
         if r["iteration"] > 0:
             assert r["parents"][0] == f"{r['source']}:0:0"
     pairs = read_journal(tmp_path / "run" / "evolve" / "pairs.jsonl")
-    assert summary["pairs"] == len(pairs) and summary["pairs"] + summary["sources_without_target"] == 3
+    figures = result.figures
+    assert figures["pairs"] == len(pairs) and figures["pairs"] + figures["sources_without_target"] == 3
     for p in pairs:
         assert p["source"] in SOURCES and p["gain"] > 0 and p["target"].startswith(p["source"])
     assert (tmp_path / "run" / "evolve" / "curves.png").stat().st_size > 1000
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["stages"]["evolve"]["status"] == "done" and manifest["recipe"]["evolve"]["iterations"] == 2
+    entry = manifest["stages"]["evolve"]
+    assert entry["status"] == "done" and manifest["recipe"]["evolve"]["iterations"] == 2
+    assert entry["figures"] == figures and entry["outputs"]["pairs"] == "evolve/pairs.jsonl"  # relative to RUN
 
 
 def test_rerun_of_a_finished_run_does_nothing(tmp_path, monkeypatch):
@@ -225,19 +228,20 @@ def test_kill_9_mid_run_then_resume(tmp_path):
     assert len({r["id"] for r in records}) == len(records)
     candidates = [r for r in read_journal(run / "evolve" / "candidates.jsonl") if not r.get("empty")]
     assert {r["id"] for r in records} == {c["id"] for c in candidates}
-    assert "pairs from 3 sources" in done.stdout
+    assert done.stdout.startswith("evolve: done; pairs ") and "sources 3" in done.stdout
 
 
 def test_budgets_stop_cleanly_and_resume(tmp_path, monkeypatch):
     monkeypatch.setenv("PAAV_CACHE", str(tmp_path / "cache"))  # renders other tests made would be free
-    summary = run_with(monkeypatch, ScriptedMutator(), tmp_path, options=EvolveOptions(max_videos=5))
-    assert summary["status"] == "stopped" and "--max-videos 5" in summary["stopped"]
-    assert summary["rendered"] == 5
-    summary = run_with(monkeypatch, ScriptedMutator(), tmp_path, options=EvolveOptions(max_llm_calls=2))
-    assert summary["status"] == "stopped" and "--max-llm-calls" in summary["stopped"]
-    assert summary["llm_calls"] <= 2
-    summary = run_with(monkeypatch, ScriptedMutator(), tmp_path)
-    assert summary["status"] == "done"
+    result = run_with(monkeypatch, ScriptedMutator(), tmp_path, options=EvolveOptions(max_videos=5))
+    assert result.status == "stopped" and "--max-videos 5" in result.stopped
+    assert result.record["rendered"] == 5
+    result = run_with(monkeypatch, ScriptedMutator(), tmp_path, options=EvolveOptions(max_llm_calls=2))
+    assert result.status == "stopped" and "--max-llm-calls" in result.stopped
+    assert result.record["llm_calls"] <= 2
+    assert read_manifest(tmp_path / "run")["stages"]["evolve"]["stopped"] == result.stopped
+    result = run_with(monkeypatch, ScriptedMutator(), tmp_path)
+    assert result.done
     records = journal(tmp_path)
     assert len(records) == 21 and len({r["id"] for r in records}) == 21
 
@@ -247,7 +251,7 @@ def test_shards_merge_into_the_whole(tmp_path, monkeypatch):
     for k in (1, 2):
         run_with(monkeypatch, ScriptedMutator(), tmp_path, run=f"shard{k}", options=EvolveOptions(shard=(k, 2)))
     merged = merge_runs([str(tmp_path / "shard1"), str(tmp_path / "shard2")], str(tmp_path / "merged"))
-    assert merged["sources"] == 3 and merged["pairs"] == whole["pairs"]
+    assert merged.done and merged.figures["sources"] == 3 and merged.figures["pairs"] == whole.figures["pairs"]
     assert content(journal(tmp_path, "merged")) == content(journal(tmp_path, "whole"))
 
 
@@ -255,17 +259,17 @@ def test_digit_filter_drops_sources_as_released(tmp_path, monkeypatch):
     monkeypatch.setattr("paav_cli.llm.mutators.load_mutator", lambda name, **_: ScriptedMutator())
     path = tmp_path / "s.txt"
     path.write_text("a cat playing piano\nflight 1234 lands at gate 5\n")
-    summary = evolve_run(str(path), load_recipe(str(write_recipe(tmp_path, iterations=1))), str(tmp_path / "r"),
-                         max_digits=3)
-    assert summary["sources"] == 1
+    result = evolve_run(str(path), load_recipe(str(write_recipe(tmp_path, iterations=1))), str(tmp_path / "r"),
+                        max_digits=3)
+    assert result.figures["sources"] == 1
 
 
 def test_in_process_llamacpp_mutator(tmp_path):
     """The recipe's own mutator, no stand-in: the tiny chat GGUF through llama-cpp-python."""
     recipe = load_recipe(str(write_recipe(tmp_path, iterations=2)))
-    summary = evolve_run(write_sources(tmp_path, SOURCES[:2]), recipe, str(tmp_path / "run"))
+    result = evolve_run(write_sources(tmp_path, SOURCES[:2]), recipe, str(tmp_path / "run"))
     records = journal(tmp_path)
-    assert summary["status"] == "done" and summary["llm_calls"] >= 2
+    assert result.done and result.record["llm_calls"] >= 2
     assert any(r["iteration"] > 0 and "light fills the scene" in r["prompt"] for r in records)
 
 
@@ -400,9 +404,9 @@ def test_hf_mutator_generates_reproducibly():
 
 
 def test_hf_mutator_in_an_evolution(tmp_path):
-    summary = evolve_run(write_sources(tmp_path, SOURCES[:1]), load_recipe(str(write_recipe(tmp_path, iterations=1))),
-                         str(tmp_path / "run"), mutator="tiny-hf-mutator")
-    assert summary["status"] == "done" and summary["llm_calls"] >= 1
+    result = evolve_run(write_sources(tmp_path, SOURCES[:1]), load_recipe(str(write_recipe(tmp_path, iterations=1))),
+                        str(tmp_path / "run"), mutator="tiny-hf-mutator")
+    assert result.done and result.record["llm_calls"] >= 1
 
 
 def test_a_call_budget_that_cannot_pay_for_a_mutation_is_refused_before_any_work(tmp_path):

@@ -90,10 +90,13 @@ def test_lora_for_another_base_is_refused(tmp_path):
 
 def test_cli_export_registers_writes_modelfile_and_enhances(tmp_path):
     out = tmp_path / "booster.gguf"
-    proc = paav("export", str(tiny_base()), "-o", str(out), "--quant", "F16", "--name", "my-booster", "--ollama")
+    proc = paav("export", str(tiny_base()), "-o", str(out), "--quant", "F16", "--name", "my-booster", "--ollama",
+                "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert result["verify"]["ok"] and out.is_file()
+    assert result["status"] == "done" and result["figures"]["verified"] is True and out.is_file()
+    assert result["outputs"] == {"gguf": str(out), "modelfile": str(tmp_path / "Modelfile"),
+                                 "registered": str(tmp_path / "config" / "paav" / "models.toml")}
     modelfile = (tmp_path / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./booster.gguf") and 'PARAMETER stop "<|eot_id|>"' in modelfile
     assert "{{ .Prompt }}" in modelfile and "Original prompt:" in modelfile
@@ -104,6 +107,36 @@ def test_cli_export_registers_writes_modelfile_and_enhances(tmp_path):
     assert json.loads(enhanced.stdout)["model"] == "my-booster"
     assert_user_error(paav("export", str(tiny_base()), "-o", str(tmp_path / "b.gguf"), "--name", "my-booster"),
                       "already registered")
+
+
+def trained_run(tmp_path: Path) -> Path:
+    """A run folder as `paav sft` leaves it, without the training: the tiny base stands in for the
+    merged SFT model."""
+    import shutil
+
+    from paav_cli.recipe import load_recipe, recipe_hash
+    from paav_cli.runs import update_manifest
+
+    recipe = load_recipe("tiny-cpu")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_base(), run / "sft" / "merged")
+    update_manifest(run, recipe=recipe.model_dump(), recipe_hash=recipe_hash(recipe))
+    return run
+
+
+def test_a_hand_run_export_of_a_run_folder_is_its_export_stage(tmp_path):
+    run = trained_run(tmp_path)
+    out = tmp_path / "elsewhere" / "booster.gguf"
+    proc = paav("export", str(run), "-o", str(out), "--quant", "F16")
+    assert proc.returncode == 0, proc.stderr
+    size = out.stat().st_size
+    assert proc.stdout.splitlines() == [f"export: done; quant F16, bytes {size}, verified True", f"  gguf: {out}"]
+    shown = [json.loads(line) for line in paav("runs", "show", str(run), "--json").stdout.splitlines()]
+    assert shown == [{"stage": "export", "status": "done", "stopped": None,
+                      "figures": {"quant": "F16", "bytes": size, "verified": True},
+                      "outputs": {"gguf": str(out)}}]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["export"]["verify"]["ok"]  # the detail is kept, not printed
 
 
 def test_cli_enhance_with_a_lora_adapter(tmp_path):

@@ -45,7 +45,10 @@ def test_run_resumes_after_crashes_in_two_stages(tmp_path, monkeypatch):
         def broken_export(*args, **kwargs):
             raise RuntimeError("export crashed")
 
-        m.setattr("paav_cli.export.booster.export", broken_export)
+        # The module itself: `paav_cli.export` is also the API's name for the export function.
+        from paav_cli.export import booster as booster_module
+
+        m.setattr(booster_module, "export", broken_export)
         with pytest.raises(RuntimeError):
             run_recipe(recipe, str(run), echo=lines.append)
     assert "evolve: done already" in lines and "sft: done already" in lines
@@ -63,7 +66,13 @@ def test_run_resumes_after_crashes_in_two_stages(tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stderr
     shown = paav("runs", "show", str(run), "--json")
     rows = [json.loads(line) for line in shown.stdout.splitlines()]
-    assert [r["stage"] for r in rows][:2] == ["evolve", "sft"] and all(r["status"] == "done" for r in rows)
+    assert {r["stage"] for r in rows} == {*stage_names(recipe), "rank-2"}  # DPO round 2 re-ranks first
+    assert all(r["status"] == "done" for r in rows)
+    shown = {r["stage"]: r for r in rows}
+    assert shown["export"]["outputs"]["gguf"] == str(booster) and shown["export"]["figures"]["quant"] == "Q8_0"
+    assert Path(shown["eval"]["outputs"]["table"]).is_file() and set(shown["eval"]["figures"]["combined"]) == {
+        "original", str(booster)}
+    assert Path(shown["evolve"]["outputs"]["pairs"]).is_file() and shown["evolve"]["figures"]["sources"] > 0
 
 
 def test_from_and_until(tmp_path):
@@ -73,8 +82,9 @@ def test_from_and_until(tmp_path):
     run_recipe(recipe, str(run), until="evolve", echo=lines.append)
     assert set(read_manifest(run)["stages"]) == {"evolve"}
     lines.clear()
-    run_recipe(recipe, str(run), from_stage="evolve", until="evolve", echo=lines.append)
-    assert lines == ["evolve: running", "evolve: done"]
+    results = run_recipe(recipe, str(run), from_stage="evolve", until="evolve", echo=lines.append)
+    assert [r.stage for r in results] == ["evolve"] and results[0].done
+    assert lines == ["evolve: running", *results[0].lines()] and lines[1].startswith("evolve: done; pairs ")
 
 
 def test_bad_input(tmp_path):
@@ -122,8 +132,8 @@ def test_a_gpu_recipe_on_a_cpu_is_refused_before_the_run_folder_and_runs_with_me
 
 @pytest.mark.skipif(accelerator() is not None, reason="this machine has an accelerator")
 def test_stages_that_render_nothing_run_on_a_cpu_without_memory_none(tmp_path, monkeypatch):
-    from paav_cli.evolve import recipe_hash
-    from paav_cli.runs import update_manifest
+    from paav_cli.recipe import recipe_hash
+    from paav_cli.runs import StageResult, update_manifest
 
     recipe = load_recipe(str(gpu_recipe(tmp_path)))
     run = tmp_path / "run"
@@ -132,9 +142,48 @@ def test_stages_that_render_nothing_run_on_a_cpu_without_memory_none(tmp_path, m
                     stages={name: {"status": "done"} for name in ("evolve", "sft", "rank", "dpo-1", "dpo-2")})
     ran = []
     monkeypatch.setattr("paav_cli.pipeline._stage_runner",
-                        lambda name, *a, **k: lambda: ran.append(name) or {})
+                        lambda name, *a, **k: lambda: ran.append(name) or StageResult(name))
     run_recipe(recipe, str(run), until="export", echo=lambda _: None)
     assert ran == ["export"]
     with pytest.raises(UserError, match="--memory none"):
         run_recipe(recipe, str(run), echo=lambda _: None)  # eval renders
     assert ran == ["export"]
+
+
+def test_stage_commands_print_one_json_shape_and_runs_show_reads_it_back(tmp_path):
+    from test_export_booster import trained_run
+
+    run = trained_run(tmp_path)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat playing piano\na red car in the rain\n")
+    exported = paav("export", str(run), "-o", str(run / "export" / "b.gguf"), "--quant", "F16", "--no-verify", "--json")
+    evaluated = paav("eval", str(prompts), "--methods", "original", "--text-only", "--run", str(run), "--json")
+    printed = []
+    for proc in (exported, evaluated):
+        assert proc.returncode == 0, proc.stderr
+        assert len(proc.stdout.splitlines()) == 1  # one JSON object, nothing else on stdout
+        printed.append(json.loads(proc.stdout))
+    assert [set(p) for p in printed] == [{"stage", "status", "stopped", "figures", "outputs"}] * 2
+    assert [p["stage"] for p in printed] == ["export", "eval"] and all(p["status"] == "done" for p in printed)
+    assert printed[1]["figures"]["intent"] == {"original": pytest.approx(1.0, abs=1e-4)}
+    assert Path(printed[1]["outputs"]["table"]) == run / "eval" / "table.md"
+    shown = [json.loads(line) for line in paav("runs", "show", str(run), "--json").stdout.splitlines()]
+    assert shown == printed
+    human = paav("runs", "show", str(run))
+    assert human.returncode == 0 and "intent original 1" in human.stdout and "b.gguf" in human.stdout
+
+
+def test_runs_show_reads_a_manifest_written_before_the_stage_contract(tmp_path):
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"recipe": {}, "stages": {
+        "evolve": {"status": "done", "pairs": 7, "sources": 9, "stopped": "", "loads": {"0": 3}},
+        "rank-2": {"status": "done", "triples": 4, "mean_margin": 0.5, "prompts": "/x/held_out.txt"},
+        "export": {"status": "done", "gguf": "/x/b.gguf", "bytes": 123, "quant": "Q8_0"},
+    }}))
+    rows = {r["stage"]: r for r in map(json.loads, paav("runs", "show", str(run), "--json").stdout.splitlines())}
+    assert rows["evolve"]["figures"] == {"pairs": 7, "sources": 9} and rows["evolve"]["stopped"] is None
+    assert rows["evolve"]["outputs"] == {"pairs": str(run / "evolve" / "pairs.jsonl")}
+    assert rows["rank-2"]["figures"] == {"triples": 4, "mean_margin": 0.5}
+    assert rows["rank-2"]["outputs"] == {"triples": str(run / "rank-2" / "triples.jsonl")}
+    assert rows["export"]["figures"] == {"bytes": 123, "quant": "Q8_0"}

@@ -15,25 +15,38 @@ from paav_cli.errors import UserError
 from paav_cli.evaluate.methods import Method, resolve_methods, rewrite
 from paav_cli.evaluate.metrics import FULL_TAIL, TEXT_COLUMNS, averaged_dims
 from paav_cli.prompt_files import PromptRecord, read_prompts
-from paav_cli.recipe import Recipe
-from paav_cli.runs import Journal, atomic_write_text, prepare_run_folder, read_journal
+from paav_cli.recipe import Recipe, check_models
+from paav_cli.runs import (
+    Journal,
+    StageResult,
+    atomic_write_text,
+    mark_running,
+    prepare_run_folder,
+    read_journal,
+    read_manifest,
+    record_stage,
+)
 
 DEFAULT_TARGET = "cogvideox-5b"
 JOURNAL = "prompts.jsonl"
 REWRITE_FIELDS = ("method", "id", "original", "rewritten", "fallback", "seconds", "fallback_reason")
+REPORT_FILES = {"table": "table.md", "csv": "table.csv", "winrate": "winrate.png", "dims": "dims.png",
+                "journal": JOURNAL}
 
 
 def run_eval(prompts_path: str, methods: list[str], out_dir: str | Path, *, recipe: Recipe | None = None,
              text_only: bool = False, target: str | None = None, progress=None,
-             threads: int | None = None) -> dict:
+             threads: int | None = None, run: str | Path | None = None) -> StageResult:
     """Rewrite `prompts_path` with every method, evaluate, write the report into `out_dir`.
 
     `progress(total, description)` may return a bar with advance() and close() (rewriting only).
-    Returns {"mode", "rows" (one per method, as in table.csv), "columns", "report_dir", "files",
-    "rewritten" (new this run), "reused" (read back from the journal), ...}.
+    With `run`, the eval is recorded as that run folder's "eval" stage (`paav run` gives its own).
+    The result's record holds "rows" (one per method, as in table.csv) and "columns".
     """
     if not text_only and recipe is None:
         raise UserError("a full eval renders and scores videos with a recipe's models; give --recipe or --text-only.")
+    if run is not None and not read_manifest(Path(run)):
+        raise UserError(f"{run} is not a paav run folder (no manifest.json); check the path, or leave out --run.")
     records = read_prompts(str(prompts_path))
     budget = None
     if text_only:
@@ -42,9 +55,11 @@ def run_eval(prompts_path: str, methods: list[str], out_dir: str | Path, *, reci
         target = target or (recipe.models.generator if recipe else DEFAULT_TARGET)
         budget = resolve_budget(target)
     else:
-        _check_recipe(recipe)
+        check_models(recipe, stages=["eval"])
     resolved = resolve_methods(methods)
     folder = prepare_run_folder(Path(out_dir))
+    if run is not None:
+        mark_running(Path(run), "eval")
     done, new = _rewrite_all(folder / JOURNAL, resolved, records, progress, threads)
     ordered = [done[(m.name, str(r.id))] for m in resolved for r in records]
     if text_only:
@@ -52,21 +67,19 @@ def run_eval(prompts_path: str, methods: list[str], out_dir: str | Path, *, reci
     else:
         summary = _full_report(folder, resolved, ordered, recipe)
     _write_journal(folder / JOURNAL, ordered)
-    summary.update(report_dir=str(folder), rewritten=new, reused=len(ordered) - new,
-                   files=[str(folder / f) for f in ("table.md", "table.csv", "winrate.png", "dims.png", JOURNAL)])
-    return summary
+    result = _result(summary, folder, len(records), new, len(ordered) - new)
+    if run is not None:
+        record_stage(Path(run), result)
+    return result
 
 
-def _check_recipe(recipe: Recipe) -> None:
-    from paav_cli.registry import Registry
-    from paav_cli.rewards import check_scorable
-    from paav_cli.rewards.presets import get_preset
-
-    reg = Registry.load()
-    reg.get(recipe.models.generator, "generators")
-    for name in recipe.models.rewards:
-        check_scorable(reg.get(name, "rewards"))
-    get_preset(recipe.scores.preset)
+def _result(summary: dict, folder: Path, prompts: int, rewritten: int, reused: int) -> StageResult:
+    """The few figures a person reads (each method's headline score), the report's files, the rest kept."""
+    headline = "intent" if summary["mode"] == "text-only" else "combined"
+    figures = {"mode": summary["mode"], "prompts": prompts, "rewritten": rewritten, "reused": reused,
+               headline: {row["method"]: row.get(headline) for row in summary["rows"]}}
+    outputs = {role: str(folder / name) for role, name in REPORT_FILES.items()}
+    return StageResult("eval", figures=figures, outputs=outputs, record=summary)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ joins the folders of sharded runs. The engine itself is in engine.py, its state 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,33 +21,18 @@ from paav_cli.evolve.engine import (
 from paav_cli.evolve.report import draw_curves
 from paav_cli.evolve.state import EvolveState
 from paav_cli.prompt_files import PromptRecord, read_prompts
-from paav_cli.recipe import Recipe
+from paav_cli.recipe import Recipe, check_models, check_same_recipe, recipe_hash
 from paav_cli.runs import (
+    StageResult,
     atomic_write_text,
     locked_run_folder,
+    mark_running,
     prepare_run_folder,
     read_journal,
     read_manifest,
+    record_stage,
     update_manifest,
 )
-
-
-def recipe_hash(recipe: Recipe) -> str:
-    """What a resumed run must keep. The mutator may change (an endpoint goes down, a backup takes
-    over); every mutator a run used is listed in its manifest."""
-    data = recipe.model_dump(exclude={"path", "name", "description"})
-    data["models"].pop("mutator")
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _check_same_recipe(run: Path, recipe: Recipe) -> None:
-    manifest = read_manifest(run)
-    before = manifest.get("recipe_hash")
-    if before and before != recipe_hash(recipe):
-        raise UserError(
-            f"{run} was started with different recipe settings; resume it with the same recipe, "
-            "or start a new --run folder."
-        )
 
 
 def snapshot_sources(folder: Path, sources: list[PromptRecord]) -> None:
@@ -67,20 +51,15 @@ def snapshot_sources(folder: Path, sources: list[PromptRecord]) -> None:
 
 def evolve_run(prompts_path: str, recipe: Recipe, run: str, *, mutator: str | None = None,
                max_digits: int | None = None, options: EvolveOptions | None = None,
-               view: EvolveView | None = None) -> dict:
+               view: EvolveView | None = None) -> StageResult:
     from paav_cli.llm.mutators import load_mutator
-    from paav_cli.registry import Registry
 
     options = options or EvolveOptions()
     updates = {"models": recipe.models.model_copy(update={"mutator": mutator})} if mutator else {}
     if max_digits is not None:
         updates["evolve"] = recipe.evolve.model_copy(update={"max_digits": max_digits})
     recipe = recipe.model_copy(update=updates)
-    reg = Registry.load()  # every name checked before any work starts
-    reg.get(recipe.models.generator, "generators")
-    for name in recipe.models.rewards:
-        reg.get(name, "rewards")
-    reg.get(recipe.models.mutator, "mutators")
+    check_models(recipe, stages=["evolve"])
     records = read_prompts(prompts_path)
     check_sources(records, prompts_path)
     sources = select_sources(records, recipe.evolve.max_digits, options.shard)
@@ -88,40 +67,38 @@ def evolve_run(prompts_path: str, recipe: Recipe, run: str, *, mutator: str | No
         raise UserError(f"no prompt of {prompts_path} is left after --max-digits and --shard; loosen them.")
     run_dir = prepare_run_folder(Path(run))
     with locked_run_folder(run_dir):  # a second evolve on this folder would journal everything twice
-        _check_same_recipe(run_dir, recipe)
+        check_same_recipe(run_dir, recipe)
         folder = run_dir / "evolve"
         folder.mkdir(exist_ok=True)
         snapshot_sources(folder, sources)
         used = read_manifest(run_dir).get("mutators_used", [])
         update_manifest(run_dir, recipe=recipe.model_dump(), recipe_hash=recipe_hash(recipe),
-                        mutators_used=list(dict.fromkeys([*used, recipe.models.mutator])),
-                        stages={"evolve": {"status": "running"}})
-
+                        mutators_used=list(dict.fromkeys([*used, recipe.models.mutator])))
+        mark_running(run_dir, "evolve")
         engine = Evolution(recipe, run_dir, sources, lambda: load_mutator(recipe.models.mutator), options, view)
-        stats = engine.run()
-        return finish(engine, run_dir, stats.record(), done=not stats.stopped)
+        stats = engine.run().record()
+        return finish(engine, run_dir, stats, stopped=stats.pop("stopped") or None)
 
 
-def finish(engine: Evolution, run_dir: Path, stats: dict, done: bool) -> dict:
+def finish(engine: Evolution, run_dir: Path, record: dict, stopped: str | None) -> StageResult:
+    """Pairs and curves from everything scored so far, recorded as the evolve stage."""
     pairs, without = engine.pairs()
     folder = run_dir / "evolve"
     write_pairs(folder / "pairs.jsonl", pairs)
+    outputs = {"pairs": str(folder / "pairs.jsonl"), "journal": str(folder / "journal.jsonl")}
     scored = list(engine.state.scored.values())
     if scored:
         draw_curves(scored, folder / "curves.png", title=f"{engine.recipe.name}: mean score per iteration")
-    summary = {
-        "status": "done" if done else "stopped", "sources": len(engine.sources), "pairs": len(pairs),
-        "sources_without_target": without, "candidates_scored": len(scored),
-        "best_gain": engine.best_gain(), **stats,
-    }
-    update_manifest(run_dir, stages={"evolve": summary})
-    return summary
+        outputs["curves"] = str(folder / "curves.png")
+    figures = {"pairs": len(pairs), "sources": len(engine.sources), "sources_without_target": without,
+               "candidates_scored": len(scored), "best_gain": engine.best_gain()}
+    result = StageResult("evolve", "stopped" if stopped else "done", figures, outputs, stopped, record)
+    record_stage(run_dir, result)
+    return result
 
 
-def merge_runs(runs: list[str], out: str) -> dict:
+def merge_runs(runs: list[str], out: str) -> StageResult:
     """Join sharded runs: journals and candidates concatenated, pairs and curves recomputed."""
-    from paav_cli.recipe import Recipe
-
     manifests = [read_manifest(Path(r)) for r in runs]
     for r, m in zip(runs, manifests):
         if not m.get("recipe"):
@@ -131,13 +108,7 @@ def merge_runs(runs: list[str], out: str) -> dict:
     out_dir = prepare_run_folder(Path(out))
     folder = out_dir / "evolve"
     folder.mkdir(exist_ok=True)
-    sources, seen = [], set()
-    for r in runs:
-        for rec in read_journal(Path(r) / "evolve" / "sources.jsonl"):
-            if rec["id"] in seen:
-                raise UserError(f"source {rec['id']} is in more than one run; merge disjoint shards only.")
-            seen.add(rec["id"])
-            sources.append(PromptRecord(id=rec["id"], prompt=rec["prompt"]))
+    sources = _disjoint_sources(runs)
     for name in ("sources.jsonl", "candidates.jsonl", "journal.jsonl"):
         lines = []
         for r in runs:
@@ -147,8 +118,20 @@ def merge_runs(runs: list[str], out: str) -> dict:
     update_manifest(out_dir, recipe=manifests[0]["recipe"], recipe_hash=manifests[0]["recipe_hash"],
                     merged_from=[str(r) for r in runs])
     engine = Evolution(recipe, out_dir, sources, lambda: None)
-    stopped = [r for r, m in zip(runs, manifests) if m.get("stages", {}).get("evolve", {}).get("status") != "done"]
-    return finish(engine, out_dir, {"merged": len(runs)}, done=not stopped)
+    unfinished = [r for r, m in zip(runs, manifests) if m.get("stages", {}).get("evolve", {}).get("status") != "done"]
+    stopped = f"{', '.join(unfinished)} had not finished; finish them and merge again" if unfinished else None
+    return finish(engine, out_dir, {"merged": len(runs)}, stopped)
 
 
-__all__ = ["EvolveOptions", "EvolveState", "evolve_run", "merge_runs"]
+def _disjoint_sources(runs: list[str]) -> list[PromptRecord]:
+    sources, seen = [], set()
+    for r in runs:
+        for rec in read_journal(Path(r) / "evolve" / "sources.jsonl"):
+            if rec["id"] in seen:
+                raise UserError(f"source {rec['id']} is in more than one run; merge disjoint shards only.")
+            seen.add(rec["id"])
+            sources.append(PromptRecord(id=rec["id"], prompt=rec["prompt"]))
+    return sources
+
+
+__all__ = ["EvolveOptions", "EvolveState", "evolve_run", "merge_runs", "recipe_hash"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from paav_cli import paths
 from paav_cli.errors import UserError
+from paav_cli.runs import StageResult, atomic_write_text, mark_running, read_manifest, record_stage
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 QUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M")
@@ -43,7 +44,6 @@ class ExportOptions:
 def latest_model(run: Path) -> Path:
     """A run folder's final model, merged: the last DPO round's, else the SFT model."""
     from paav_cli.recipe import Recipe
-    from paav_cli.runs import read_manifest
     from paav_cli.train.models import model_for_round
 
     manifest = read_manifest(run)
@@ -64,7 +64,9 @@ def resolve_source(source: Path, options: ExportOptions, work: Path) -> Path:
     return model
 
 
-def export(source: str, out: str, options: ExportOptions) -> dict:
+def export(source: str, out: str, options: ExportOptions) -> StageResult:
+    """Export `source` to the GGUF `out`. A run folder as the source gets the export recorded as its
+    "export" stage, whether `paav export` runs by hand or inside `paav run`."""
     quant = options.quant.upper()
     if quant not in FLOAT_TYPES + QUANT_TYPES:
         raise UserError(f"--quant {options.quant} is not one of {', '.join(FLOAT_TYPES + QUANT_TYPES)}.")
@@ -75,15 +77,20 @@ def export(source: str, out: str, options: ExportOptions) -> dict:
         raise UserError(f"the output {dest} must end in .gguf.")
     if options.lora:
         return _export_lora(src, dest, options)
+    from_run = not (src / "config.json").is_file()  # else resolve_source refuses it
     with tempfile.TemporaryDirectory(dir=dest.parent if dest.parent.exists() else None) as tmp:
         work = Path(tmp)
         model = resolve_source(src, options, work)
+        if from_run:
+            mark_running(src, "export")
         result = _convert_and_quantize(model, dest, quant, work, options)
     _after(dest, model, options, result)
+    if from_run:
+        record_stage(src, result)
     return result
 
 
-def _convert_and_quantize(model: Path, dest: Path, quant: str, work: Path, options: ExportOptions) -> dict:
+def _convert_and_quantize(model: Path, dest: Path, quant: str, work: Path, options: ExportOptions) -> StageResult:
     from paav_cli.export.convert import convert
     from paav_cli.export.quantize import quantize
     from paav_cli.export.verify import verify
@@ -94,15 +101,17 @@ def _convert_and_quantize(model: Path, dest: Path, quant: str, work: Path, optio
     else:
         intermediate = convert(model, work / "model-f32.gguf", outtype="F32")
         quantize(intermediate, dest, quant)
-    result = {"gguf": str(dest), "quant": quant, "bytes": dest.stat().st_size, "source": str(model)}
+    result = StageResult("export", figures={"quant": quant, "bytes": dest.stat().st_size},
+                         outputs={"gguf": str(dest)}, record={"source": str(model)})
     check = options.verify if options.verify is not None else quant in VERIFIED_BY_DEFAULT
     if check:
         report = verify(model, dest, tolerance=TOLERANCE[quant])
-        result["verify"] = report
+        result.record["verify"] = report
         if not report.get("ok"):
             dest.unlink(missing_ok=True)
             raise UserError(f"the exported GGUF does not match the model ({_mismatch(report)}); it was removed, "
                             "please report this model.")
+        result.figures["verified"] = True
     return result
 
 
@@ -122,23 +131,25 @@ def _mismatch(report: dict) -> str:
     return "; ".join(parts) or "verification failed"
 
 
-def _export_lora(src: Path, dest: Path, options: ExportOptions) -> dict:
+def _export_lora(src: Path, dest: Path, options: ExportOptions) -> StageResult:
     from paav_cli.export.lora import export_lora
     from paav_cli.train.models import resolve_base
 
     adapter = options.adapter or src
     base = resolve_base(adapter, str(options.base) if options.base else None)  # a folder or a registered base LLM
     export_lora(adapter, base, dest)
-    result = {"gguf": str(dest), "lora": True, "bytes": dest.stat().st_size, "base": str(base)}
+    result = StageResult("export", figures={"lora": True, "bytes": dest.stat().st_size},
+                         outputs={"gguf": str(dest)}, record={"source": str(adapter), "base": str(base)})
     _after(dest, Path(base), options, result)
     return result
 
 
-def _after(dest: Path, model: Path, options: ExportOptions, result: dict) -> None:
+def _after(dest: Path, model: Path, options: ExportOptions, result: StageResult) -> None:
     if options.ollama and not options.lora:
-        result["modelfile"] = str(write_modelfile(dest, model))
+        result.outputs["modelfile"] = str(write_modelfile(dest, model))
     if options.name:
-        result["registered"] = register_booster(options.name, dest, model, lora=options.lora, base=options.base)
+        result.outputs["registered"] = register_booster(options.name, dest, model, lora=options.lora,
+                                                        base=options.base)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,8 +176,6 @@ def register_booster(name: str, gguf: Path, model: Path, *, lora: bool = False, 
         tomllib.loads(text + entry)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{user} is not valid TOML ({e}); fix it before registering.") from None
-    from paav_cli.runs import atomic_write_text
-
     atomic_write_text(user, text + entry)
     return str(user)
 
@@ -209,7 +218,6 @@ def _chat_template(model: Path) -> str:
 
 
 def write_modelfile(gguf: Path, model: Path) -> Path:
-    from paav_cli.runs import atomic_write_text
     from paav_cli.text.templates import RELEASED_INSTRUCTION, RELEASED_SUFFIX
 
     template, stops = OLLAMA_TEMPLATES[chat_format(model)]
