@@ -467,6 +467,8 @@ def missing_message(entry: ModelEntry) -> str:
     if kind == "from_gguf":
         return (f"model {name!r} is dequantised from the {entry.from_gguf!r} GGUF and is not made yet; "
                 f"run `paav models pull {name}`.")
+    if kind == "api":
+        return f"{name!r} runs behind an API ({entry.source}) and has no local path; use it by name."
     return f"model {name!r} is not downloaded yet; run `paav models pull {name}`."
 
 
@@ -568,6 +570,9 @@ def pull(entry: ModelEntry) -> Path:
     is the Hugging Face checkpoint (`export.hf_booster` converts it). A model that is made rather than
     fetched (tiny, from_gguf) is a UserError: `provision.provide` makes it."""
     kind = entry.source_kind
+    if kind == "api":
+        raise UserError(f"{entry.name!r} runs behind an API ({entry.source}) and has nothing to download; "
+                        "use it by name.")
     if kind in ("builder", "from_gguf"):
         raise UserError(f"model {entry.name!r} is made, not downloaded; run `paav models pull {entry.name}`.")
     if kind == "path":

@@ -125,6 +125,8 @@ def test_models_path_builds_tiny_and_reports_missing(tmp_path):
     assert Path(proc.stdout.strip()) == registry.local_path(entry) and registry.local_path(entry).is_file()
     assert_user_error(paav("models", "path", "cogvideox-2b"), "paav models pull cogvideox-2b")
     assert_user_error(paav("models", "path", "nope"), "unknown model 'nope'")
+    for command in ("path", "pull"):  # an API mutator has no files: one sentence, not a KeyError
+        assert_user_error(paav("models", command, "gpt-4o"), "'gpt-4o' runs behind an API", "use it by name")
 
 
 # ---------------------------------------------------------------------------------------------
