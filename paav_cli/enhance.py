@@ -143,7 +143,12 @@ class Booster:
             self.entry, name = name, name.name
         else:
             self.entry = registry.Registry.load().get(name, "boosters")
-        path = registry.require_path(self.entry)
+        if registry.is_hf_booster(self.entry):
+            from paav_cli.export.hf_booster import booster_gguf  # converted from its checkpoint on first use
+
+            path = booster_gguf(self.entry)
+        else:
+            path = registry.require_path(self.entry)
         lora_path = _lora_path(lora or self.entry.lora)
         from paav_cli.llm.llamacpp import LlamaCppModel  # heavy: loads the llama.cpp library
 

@@ -106,8 +106,7 @@ def test_a_missing_shipped_adapter_is_one_clear_sentence(tmp_path):
 
     user_models(tmp_path, """
 [boosters.broken]
-builder = "tiny"
-file = "tiny-booster.gguf"
+path = "{cache}/models/tiny/tiny-booster.gguf"
 lora = "{paav}/adapters/nope/adapter.gguf"
 prompt_format = "completion"
 """)

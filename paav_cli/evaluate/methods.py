@@ -46,7 +46,12 @@ def _resolve(name: str, reg: registry.Registry) -> Method:
         return Method(name, "original")
     entry = reg.entries.get(name)
     if isinstance(entry, registry.BoosterEntry):
-        registry.require_path(entry)  # builds or assembles local ones; a clear error for missing ones
+        if registry.is_hf_booster(entry):
+            from paav_cli.export.hf_booster import booster_gguf
+
+            booster_gguf(entry)  # converted now from a checkpoint on disk, else an error naming the pull
+        else:
+            registry.require_path(entry)  # assembles a packaged one; an error naming the pull for one not here
         return Method(name, "booster", entry)
     if isinstance(entry, registry.MutatorEntry):
         _check_mutator(entry)

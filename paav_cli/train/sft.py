@@ -46,11 +46,13 @@ def run_sft(
     object with start(total, done), update(done, loss) and close().
     """
     from paav_cli.libs import free_memory
-    from paav_cli.registry import Registry, require_path, revision_of, sha256_file
+    from paav_cli.registry import Registry, revision_of, sha256_file
+    from paav_cli.train.base import base_model_folder
 
     cfg = recipe.sft
     pairs = read_pairs(Path(pairs_path))
-    entry = Registry.load().get(cfg.base, "base_llms")
+    reg = Registry.load()
+    entry = reg.get(cfg.base, "base_llms")
     hw = resolve_hardware(cfg.quant, cfg.gradient_checkpointing, cfg.dtype, section="sft")
     run = prepare_run_folder(Path(run))
     out = run / "sft"
@@ -59,11 +61,11 @@ def run_sft(
     clear_for_training(out, resume=resume, force=force)
 
     quiet_training()
-    folder = require_path(entry)
+    folder = base_model_folder(entry, reg)  # a from_gguf base is dequantised on first use
     tokenizer = load_tokenizer(folder)
     train_rows, eval_rows = tokenize_pairs(tokenizer, pairs, cfg)
     head = {
-        **fingerprint, "status": "running", "base": entry.name, "base_revision": revision_of(entry), **hw.fields(),
+        **fingerprint, "status": "running", "base": entry.name, "base_revision": revision_of(entry, reg), **hw.fields(),
         "pairs": {"train": len(train_rows), "eval": len(eval_rows)},
     }
     atomic_write_json(out / "manifest.json", head)
