@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import assert_user_error, paav, user_models
+from conftest import assert_user_error, paav, paav_process, user_models
 
 from paav_cli.testing.tiny_gguf import EXPECTED_CONTINUATIONS
 from paav_cli.text.budget import ApproxCounter
@@ -226,16 +226,20 @@ def test_skip_bad_lines_on_request(tmp_path):
     assert [json.loads(x)["id"] for x in (tmp_path / "out.jsonl").read_text().splitlines()] == ["1", "3"]
 
 
-def test_few_shot_prefix_state_is_saved_once_and_reused(tmp_path):
-    env = {"PAAV_CACHE": str(tmp_path / "cache")}
+def test_few_shot_prefix_state_is_saved_once_and_reused(tmp_path, monkeypatch):
+    from paav_cli.registry import Registry
+    from paav_cli.testing import build_tiny_model
+
+    monkeypatch.setenv("PAAV_CACHE", str(tmp_path / "cache"))  # a cache of its own: no state there yet
+    build_tiny_model(Registry.load().get("tiny"))
     args = ("-m", "tiny", "a cat playing piano", "--seed", "9", "--json")
-    first = paav(*args, env=env)
+    first = paav(*args)
     states = list((tmp_path / "cache" / "prefix-states").glob("*.kv"))
     assert first.returncode == 0 and len(states) == 1
     states[0].write_bytes(b"garbage")  # a damaged state file is ignored and rewritten, never trusted
-    second = paav(*args, env=env)
+    second = paav(*args)
     assert states[0].read_bytes() != b"garbage"
-    third = paav(*args, env=env)  # loads the state
+    third = paav(*args)  # loads the state
     outputs = [json.loads(p.stdout)["enhanced"] for p in (first, second, third)]
     assert outputs[0] == outputs[1] == outputs[2]
 
@@ -270,7 +274,8 @@ def test_default_temperature_is_greedy_for_one_variant_and_sampled_for_several()
 
 
 def test_piped_prompts_need_no_flags():
-    proc = paav("-m", "tiny", "--seed", "0", input="a cat playing piano\n")
+    # A real pipe on stdin, as `cat prompts.txt | paav` gives, seen by a real interpreter.
+    proc = paav_process("-m", "tiny", "--seed", "0", input="a cat playing piano\n")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() in EXPECTED
 

@@ -6,7 +6,7 @@ imported, so the test fails whether or not the real libraries are installed.
 
 import os
 
-from conftest import paav
+from conftest import paav_process
 
 HEAVY = ("torch", "diffusers", "transformers", "trl", "peft", "open_clip", "bitsandbytes")
 
@@ -24,10 +24,10 @@ def _trap(tmp_path):
 def test_help_and_enhance_import_nothing_heavy(tmp_path):
     env = _trap(tmp_path)
     for args in (["--help"], ["enhance", "--help"], ["-m", "tiny", "a cat"], ["models", "list"]):
-        proc = paav(*args, env=env)
+        proc = paav_process(*args, env=env)  # a fresh interpreter: this one holds torch
         assert proc.returncode == 0, proc.stderr
     (tmp_path / "in.txt").write_text("a cat\na dog\n")
-    assert paav("-m", "tiny", "-i", "in.txt", "-o", "out.jsonl", "--target", "cogvideox-5b", env=env).returncode == 0
+    assert paav_process("-m", "tiny", "-i", "in.txt", "-o", "out.jsonl", "--target", "cogvideox-5b", env=env).returncode == 0
     assert not (tmp_path / "imported").exists(), (tmp_path / "imported").read_text()
 
 

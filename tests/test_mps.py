@@ -31,10 +31,11 @@ def _video(path: Path, seed: int, frames: int = 8) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_reward(tmp_path_factory):
-    # Module-scoped: build and load once (the autouse fixture sets PAAV_CACHE per test, so pin it here).
+def tiny_reward(shared_cache):
+    # Module-scoped: load once (the autouse fixture sets PAAV_CACHE per test, so pin it here), from the
+    # session's cache, where the tiny models are built.
     mp = pytest.MonkeyPatch()
-    mp.setenv("PAAV_CACHE", str(tmp_path_factory.mktemp("mps-cache")))
+    mp.setenv("PAAV_CACHE", str(shared_cache))
     try:
         reward = MPSReward(registry.Registry.load().get("tiny-mps"))
     finally:
