@@ -76,6 +76,13 @@ def run_with(monkeypatch, mutator, tmp_path, run="run", recipe=None, **kw):
     return evolve_run(write_sources(tmp_path), recipe, str(tmp_path / run), **kw)
 
 
+def own_caches(monkeypatch, folder: Path) -> None:
+    """Renders and scores of this test alone (those other tests made would be free), beside the
+    session's built models."""
+    monkeypatch.setattr("paav_cli.paths.renders_dir", lambda: folder / "renders")
+    monkeypatch.setattr("paav_cli.paths.scores_dir", lambda: folder / "scores")
+
+
 def journal(tmp_path, run="run") -> list[dict]:
     return read_journal(tmp_path / run / "evolve" / "journal.jsonl")
 
@@ -155,13 +162,12 @@ def test_rerun_of_a_finished_run_does_nothing(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("phase", ["render", "score", "mutate"])
 def test_resume_after_a_crash_in_each_phase(tmp_path, monkeypatch, phase):
-    reference_cache = tmp_path / "reference-cache"
     with monkeypatch.context() as m:
-        m.setenv("PAAV_CACHE", str(reference_cache))
+        own_caches(m, tmp_path / "reference-cache")
         run_with(m, ScriptedMutator(), tmp_path, run="reference")
     expected = content(journal(tmp_path, "reference"))
 
-    monkeypatch.setenv("PAAV_CACHE", str(tmp_path / "cache"))
+    own_caches(monkeypatch, tmp_path / "cache")
     counters = Counters(monkeypatch)
     with monkeypatch.context() as m:
         if phase == "render":  # the 5th new video of the run fails (iteration 1)
@@ -232,7 +238,7 @@ def test_kill_9_mid_run_then_resume(tmp_path):
 
 
 def test_budgets_stop_cleanly_and_resume(tmp_path, monkeypatch):
-    monkeypatch.setenv("PAAV_CACHE", str(tmp_path / "cache"))  # renders other tests made would be free
+    own_caches(monkeypatch, tmp_path / "cache")
     result = run_with(monkeypatch, ScriptedMutator(), tmp_path, options=EvolveOptions(max_videos=5))
     assert result.status == "stopped" and "--max-videos 5" in result.stopped
     assert result.record["rendered"] == 5
@@ -362,10 +368,11 @@ def test_bad_input(tmp_path):
 
 
 def test_unreachable_endpoint_after_bounded_retries_loses_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr("paav_cli.llm.mutators.load_mutator", lambda name, **_: ScriptedMutator())
     recipe = load_recipe(str(write_recipe(tmp_path, iterations=1)))
     sources = write_sources(tmp_path)
-    evolve_run(sources, recipe, str(tmp_path / "run"), options=EvolveOptions(max_llm_calls=2))
+    with monkeypatch.context() as m:  # undone before `paav` runs, which may run in this process
+        m.setattr("paav_cli.llm.mutators.load_mutator", lambda name, **_: ScriptedMutator())
+        evolve_run(sources, recipe, str(tmp_path / "run"), options=EvolveOptions(max_llm_calls=2))
     before = journal(tmp_path)
     port = _free_port()  # nothing listens there
     user_models(tmp_path, f'[mutators.down]\nbackend = "openai"\nmodel = "m"\nbase_url = "http://127.0.0.1:{port}/v1"\n'
