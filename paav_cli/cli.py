@@ -215,20 +215,24 @@ def models_list(
 
 @models_app.command("path")
 def models_path(name: str = typer.Argument(..., help="A registered model name.")) -> None:
-    """Print a model's local path (assembling built-in packaged models on first use)."""
+    """Print a model's local path, making it first where that needs no network (a packaged model
+    assembled, a tiny one built, a base dequantised, a downloaded HF booster converted)."""
     from paav_cli import registry
+    from paav_cli.provision import provide
 
-    entry = registry.Registry.load().get(name)
-    print(registry.require_path(entry))
+    reg = registry.Registry.load()
+    print(provide(reg.get(name), reg))
 
 
 @models_app.command("pull")
 def models_pull(name: str = typer.Argument(..., help="A registered model name.")) -> None:
-    """Download a model (pinned revision, sha256 checked where given) and print its path."""
+    """Download a model (pinned revision, sha256 checked where given), make it runnable (build,
+    dequantise, convert) and print its path."""
     from paav_cli import registry
+    from paav_cli.provision import provide
 
-    entry = registry.Registry.load().get(name)
-    print(registry.pull(entry))
+    reg = registry.Registry.load()
+    print(provide(reg.get(name), reg, download=True))
 
 
 class Memory(str, Enum):
