@@ -115,7 +115,7 @@ def _print_result(result, as_json: bool, detail: str | None = None) -> None:
         print(json.dumps(result.to_json(), ensure_ascii=False))
     else:
         if detail:
-            print(detail.rstrip("\n"))
+            print(detail.rstrip("\n") + "\n")
         print("\n".join(result.lines()))
     if not result.done:
         print(f"{result.stage} stopped early: {result.stopped or result.status}; run the same command again "
