@@ -129,7 +129,7 @@ def main() -> None:
     with clock.part("paav: orchestration, journals, caches"):
         summary = evolve_run(str(prompts), recipe, str(root / "run"))
     total = time.perf_counter() - start
-    n = summary["candidates_scored"]
+    n = summary.figures["candidates_scored"]
     model = sum(v for k, v in clock.spent.items() if k.startswith("model"))
     print(f"{args.sources} sources, {args.iterations} iterations, {n} candidates, {total:.1f} s in all "
           f"({total / n * 1000:.0f} ms per candidate)")

@@ -6,8 +6,10 @@ The Python API (the `paav` command line is a client of it):
     with load_booster("default") as booster:
         print(booster.enhance("a cat playing piano")[0].text)
 
-and one entry function per stage, each returning a `StageResult`: `evolve`, `sft`, `rank`, `dpo`,
-`export`, `evaluate`, `run` (the whole recipe); `render` and `score` for videos; `load_recipe`.
+and one entry function per stage, each returning a `StageResult` (status, figures, outputs): `evolve_run`,
+`run_sft`, `run_rank`, `dpo_round`, `export_booster`, `run_eval`; `run_recipe` runs a whole recipe
+(a list of them); `render_records` and `score_videos` work on videos; `load_recipe` reads a recipe.
+(The names are the functions' own: `export`, `evolve` and `evaluate` are subpackages here.)
 
 `import paav_cli` is light: every name loads its module on first use, so a script that only
 enhances never imports torch, diffusers or transformers.
@@ -22,15 +24,15 @@ _API = {
     "load_booster": ("paav_cli.enhance", "load_booster"),
     "Booster": ("paav_cli.enhance", "Booster"),
     "Enhancement": ("paav_cli.enhance", "Enhancement"),
-    "render": ("paav_cli.video.batch", "render_records"),
-    "score": ("paav_cli.rewards.scoring", "score_videos"),
-    "evolve": ("paav_cli.evolve", "evolve_run"),
-    "sft": ("paav_cli.train.sft", "run_sft"),
-    "rank": ("paav_cli.train.rank", "run_rank"),
-    "dpo": ("paav_cli.train.rounds", "dpo_round"),
-    "export": ("paav_cli.export.booster", "export"),
-    "evaluate": ("paav_cli.evaluate", "run_eval"),
-    "run": ("paav_cli.pipeline", "run_recipe"),
+    "render_records": ("paav_cli.video.batch", "render_records"),
+    "score_videos": ("paav_cli.rewards.scoring", "score_videos"),
+    "evolve_run": ("paav_cli.evolve", "evolve_run"),
+    "run_sft": ("paav_cli.train.sft", "run_sft"),
+    "run_rank": ("paav_cli.train.rank", "run_rank"),
+    "dpo_round": ("paav_cli.train.rounds", "dpo_round"),
+    "export_booster": ("paav_cli.export.booster", "export"),
+    "run_eval": ("paav_cli.evaluate", "run_eval"),
+    "run_recipe": ("paav_cli.pipeline", "run_recipe"),
     "load_recipe": ("paav_cli.recipe", "load_recipe"),
     "StageResult": ("paav_cli.runs", "StageResult"),
     "UserError": ("paav_cli.errors", "UserError"),

@@ -126,10 +126,10 @@ def _plan(recipe: Recipe, run: str, names: list[str], prompts: str | None, from_
             raise UserError(f"{flag} {given!r} is not a stage of this recipe; the stages are {', '.join(names)}.")
     check_models(recipe, stages=names)
     _check_data(recipe, prompts)
+    check_same_recipe(run, recipe)
     from paav_cli.provision import provide_recipe_models
 
     provide_recipe_models(recipe)  # the tiny test models it names: no stage builds them
-    check_same_recipe(run, recipe)
     done = {k for k, v in read_manifest(Path(run)).get("stages", {}).items() if v.get("status") == "done"}
     todo = _stages_to_run(names, done, from_stage, until)
     if any(_renders(name, recipe) for name in todo):

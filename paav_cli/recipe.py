@@ -170,6 +170,8 @@ def resolve_recipe_path(name_or_path: str) -> Path:
 
 
 def load_recipe(name_or_path: str) -> Recipe:
+    """A recipe by shipped name (`tiny-cpu`, `cogvideox-2b`, ...) or TOML path, validated: an unknown
+    key or a bad value is a UserError naming the field."""
     path = resolve_recipe_path(name_or_path)
     try:
         # utf-8-sig: a byte-order mark (Windows editors) is not part of the TOML.

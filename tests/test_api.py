@@ -9,8 +9,8 @@ import sys
 from dataclasses import asdict
 
 import pytest
-
 from conftest import REPO
+
 from paav_cli import registry
 from paav_cli.errors import UserError
 
@@ -19,7 +19,7 @@ PROMPTS = ["a cat playing piano", "a fox in the snow", "a red car in the rain", 
 
 def readme_api_example() -> str:
     text = (REPO / "README.md").read_text()
-    match = re.search(r"<!-- api-example:[^>]*-->\n```python\n(.*?)```", text, re.S)
+    match = re.search(r"<!-- api-example:[^>]*-->\n```python\n(.*?)```", text, re.DOTALL)
     assert match, "the README's Python API example is missing its api-example marker"
     return match.group(1)
 
@@ -143,6 +143,7 @@ def test_closing_the_booster_frees_its_llama_cpp_context():
 
 def test_the_command_line_prints_what_the_api_returns():
     from conftest import paav
+
     from paav_cli import load_booster
 
     with load_booster("tiny") as booster:
@@ -151,3 +152,16 @@ def test_the_command_line_prints_what_the_api_returns():
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["enhanced"] == r.text
     assert sys.modules.get("paav_cli") is not None
+
+
+def test_every_api_name_resolves_and_none_shadows_a_subpackage():
+    import pkgutil
+
+    import paav_cli
+
+    submodules = {m.name for m in pkgutil.iter_modules(paav_cli.__path__)}
+    for name in paav_cli.__all__:
+        assert name not in submodules, f"paav_cli.{name} would be replaced by the subpackage once it is imported"
+        value = getattr(paav_cli, name)
+        assert callable(value) or isinstance(value, str), name
+        assert name == "__version__" or (value.__doc__ or "").strip(), f"paav_cli.{name} has no docstring"

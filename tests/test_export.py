@@ -309,7 +309,7 @@ def test_f32_export_keeps_a_real_size_model_with_float32_drift(tmp_path, monkeyp
     _drifting(monkeypatch, GEMMA_270M_F32_DRIFT)
     out = tmp_path / "m.gguf"
     result = export(str(model), str(out), ExportOptions(quant="F32"))
-    report = result["verify"]
+    report = result.record["verify"]
     assert out.is_file()
     assert report["ok"], report
     assert report["max_abs_logit_diff"] > 1e-2  # the drift is there, and the old absolute 1e-4 refused it
@@ -412,7 +412,7 @@ def test_real_gemma_270m_f32_export_verifies(tmp_path):
     from paav_cli.export.booster import ExportOptions, export
 
     out = tmp_path / "g.gguf"
-    report = export(str(REAL_GEMMA_270M), str(out), ExportOptions(quant="F32"))["verify"]
+    report = export(str(REAL_GEMMA_270M), str(out), ExportOptions(quant="F32")).record["verify"]
     assert report["ok"] and out.is_file(), report
     assert report["argmax_agreement"] == 1.0 and report["tokens_match"], report
     assert report["max_abs_logit_diff"] > 1e-3  # real-size float32 drift, which the old 1e-4 refused

@@ -45,7 +45,6 @@ def test_run_resumes_after_crashes_in_two_stages(tmp_path, monkeypatch):
         def broken_export(*args, **kwargs):
             raise RuntimeError("export crashed")
 
-        # The module itself: `paav_cli.export` is also the API's name for the export function.
         from paav_cli.export import booster as booster_module
 
         m.setattr(booster_module, "export", broken_export)

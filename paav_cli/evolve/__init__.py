@@ -52,6 +52,13 @@ def snapshot_sources(folder: Path, sources: list[PromptRecord]) -> None:
 def evolve_run(prompts_path: str, recipe: Recipe, run: str, *, mutator: str | None = None,
                max_digits: int | None = None, options: EvolveOptions | None = None,
                view: EvolveView | None = None) -> StageResult:
+    """Evolve every prompt of `prompts_path` into RUN/evolve (the paper's data engine): render, score,
+    mutate for the recipe's iterations, then write the best rewrites as training pairs.
+
+    Resumable: a rerun on the same run folder redoes no render, score or mutator call the journal
+    holds. `mutator` overrides the recipe's; `options` sets budgets and concurrency. Returns the
+    "evolve" StageResult (status "stopped" when a budget ended it early), also recorded in the run.
+    """
     from paav_cli.llm.mutators import load_mutator
 
     options = options or EvolveOptions()
