@@ -53,6 +53,9 @@ class ScriptedSampler:
         original = messages[0]["content"].split("Original prompt:\n")[1].split("\nNew prompt:")[0]
         return [f"{original}, variant {k} {'in warm light ' * k}" for k in range(n)]
 
+    def close(self):
+        pass
+
 
 def test_rank_stage_samples_renders_scores_pairs_and_resumes(tmp_path):
     prompts = tmp_path / "held_out.txt"

@@ -100,8 +100,7 @@ def _sample_all(sources: dict[str, str], folder: Path, cfg: Rank, sampler_factor
                 if not kept:
                     journal.append({"source": sid, "empty": True})
     finally:
-        if hasattr(sampler, "close"):
-            sampler.close()
+        sampler.close()
 
 
 def _score_all(sources: dict[str, str], folder: Path, recipe: Recipe, stats: PhaseStats) -> list[dict]:
