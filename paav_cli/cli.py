@@ -369,10 +369,9 @@ def evolve_cmd(
     from paav_cli.evolve import evolve_run
     from paav_cli.evolve.engine import EvolveOptions
     from paav_cli.evolve.select import parse_shard
-    from paav_cli.recipe import load_recipe
     from paav_cli.video.render import check_memory
 
-    loaded = load_recipe(recipe)
+    loaded = _load_recipe(recipe)
     options = EvolveOptions(max_videos=max_videos, max_llm_calls=max_llm_calls, shard=parse_shard(shard),
                             concurrency=concurrency, memory=memory.value if memory else None)
     check_memory(options.memory or loaded.render.memory)  # before the run folder records anything
@@ -407,6 +406,17 @@ class Quant(str, Enum):
     none = "none"
 
 
+
+def _load_recipe(name: str):
+    """The recipe, with the tiny test models it names built first (no stage builds them, and
+    `paav evolve ... --recipe tiny-cpu` must work on a fresh machine as the README says)."""
+    from paav_cli.provision import provide_recipe_models
+    from paav_cli.recipe import load_recipe
+
+    recipe = load_recipe(name)
+    provide_recipe_models(recipe)
+    return recipe
+
 def _with_quant(loaded, section: str, quant: Quant):
     if quant == Quant.recipe:
         return loaded
@@ -425,10 +435,9 @@ def sft(
     as_json: bool = typer.Option(False, "--json", help=JSON_RESULT),
 ) -> None:
     """Fine-tune the booster's base LLM on prompt pairs with LoRA (QLoRA on a GPU): RUN/sft/."""
-    from paav_cli.recipe import load_recipe
     from paav_cli.train.sft import run_sft
 
-    loaded = _with_quant(load_recipe(recipe), "sft", quant)
+    loaded = _with_quant(_load_recipe(recipe), "sft", quant)
     _print_result(run_sft(pairs, loaded, run, resume=resume, force=force), as_json)
 
 
@@ -441,10 +450,9 @@ def rank(
     as_json: bool = typer.Option(False, "--json", help=JSON_RESULT),
 ) -> None:
     """Sample k rewrites per prompt from the booster, render and score them, pair them: RUN/rank/triples.jsonl."""
-    from paav_cli.recipe import load_recipe
     from paav_cli.train.rank import run_rank
 
-    _print_result(run_rank(prompts, load_recipe(recipe), run, round=round), as_json)
+    _print_result(run_rank(prompts, _load_recipe(recipe), run, round=round), as_json)
 
 
 @app.command()
@@ -457,10 +465,9 @@ def dpo(
     as_json: bool = typer.Option(False, "--json", help=JSON_RESULT),
 ) -> None:
     """Train DPO on ranked triples on top of the SFT model (the adapter-disabled model is the reference)."""
-    from paav_cli.recipe import load_recipe
     from paav_cli.train.rounds import dpo_round
 
-    loaded = _with_quant(load_recipe(recipe), "dpo", quant)
+    loaded = _with_quant(_load_recipe(recipe), "dpo", quant)
     _print_result(dpo_round(loaded, run, round, force=force), as_json)
 
 
@@ -519,12 +526,11 @@ def eval_cmd(
 ) -> None:
     """Compare rewriting methods on a prompt set: rewrite, render, score; tables and plots."""
     from paav_cli.evaluate import run_eval
-    from paav_cli.recipe import load_recipe
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if not names:
         raise UserError("--methods is empty; name at least one, e.g. --methods original,default.")
-    loaded = load_recipe(recipe) if recipe else None
+    loaded = _load_recipe(recipe) if recipe else None
     out = out or (str(Path(run) / "eval") if run else "eval-report")
     with _resumable("finished rewrites are"):
         result = run_eval(prompts, names, out, recipe=loaded, text_only=text_only, target=target,
@@ -552,7 +558,7 @@ def run_cmd(
     from paav_cli.pipeline import run_recipe
     from paav_cli.recipe import load_recipe
 
-    loaded = load_recipe(recipe)
+    loaded = load_recipe(recipe)  # run_recipe builds its tiny models once the run folder's recipe is checked
     with _resumable("finished stages and work are"):
         run_recipe(loaded, run, prompts=prompts, from_stage=from_stage, until=until,
                    memory=memory.value if memory else None, echo=lambda line: print(line, file=sys.stderr),
