@@ -70,9 +70,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="paav-batch-memory-") as tmp:
         folder = Path(tmp)
         env = {**os.environ, "PAAV_CACHE": os.environ.get("PAAV_CACHE", str(folder / "cache"))}
-        # Build (tiny) or check the booster once, outside the measured runs.
-        subprocess.run([sys.executable, "-m", "paav_cli", "enhance", "-m", args.model, "a cat", "--seed", "0"],
-                       env=env, cwd=folder, check=True, stdout=subprocess.DEVNULL)
+        # Make (build a tiny one, assemble the default) and check the booster once, outside the measured runs.
+        for command in (["models", "path", args.model], ["enhance", "-m", args.model, "a cat", "--seed", "0"]):
+            subprocess.run([sys.executable, "-m", "paav_cli", *command], env=env, cwd=folder, check=True,
+                           stdout=subprocess.DEVNULL)
         print(f"paav enhance -m {args.model} -i FILE -o out.jsonl --parallel {args.parallel} "
               f"({os.cpu_count()} CPUs)")
         print(f"{'prompts':>8} {'peak RSS MB':>12} {'first record s':>15} {'s/prompt':>9} {'total s':>8}")

@@ -100,8 +100,9 @@ def main() -> None:
     os.environ["PAAV_CACHE"] = str(root / "cache")
     from paav_cli.evolve import evolve_run
     from paav_cli.libs import quiet
+    from paav_cli.provision import provide
     from paav_cli.recipe import load_recipe
-    from paav_cli.registry import Registry, require_path
+    from paav_cli.registry import Registry
 
     quiet()
     # Heavy imports happen once per process, not per candidate: done before the clock starts.
@@ -114,7 +115,7 @@ def main() -> None:
     reg = Registry.load()  # tiny models are built before the clock starts: building is not evolving
     for name in ["tiny-cogvideox", "tiny-videoscore", "tiny-aesthetic", "tiny-aesthetic-clip", "tiny-mps",
                  "tiny-mutator"]:
-        require_path(reg.get(name))
+        provide(reg.get(name), reg)
     recipe = load_recipe("tiny-cpu")
     recipe = recipe.model_copy(update={
         "models": recipe.models.model_copy(update={"mutator": "tiny-mutator"}),

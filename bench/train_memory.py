@@ -130,8 +130,9 @@ def main() -> None:
     accumulation, max_length = (2, 512) if args.tiny else (16, 1024)
     if args.tiny:
         from paav_cli import registry
+        from paav_cli.provision import provide
 
-        base = registry.require_path(registry.Registry.load().get("tiny-llama", "base_llms"))
+        base = provide(registry.Registry.load().get("tiny-llama", "base_llms"))
         quant = "none"
     else:
         base = build_full_size(root / "llama-3-8b-random")
