@@ -138,7 +138,9 @@ def paav(*args: str, input: str | bytes | None = None, env: dict | None = None, 
     handlers are put back afterwards, whatever the command changed; an exception that escapes main()
     is a traceback on stderr and exit code 1, as the interpreter gives.
     A command that leaves a lock held or a thread running fails the test: in a process of its own the
-    kernel would clean up after it, but a library caller would inherit it.
+    kernel would clean up after it, but a library caller would inherit it. Two things differ from a
+    process: Python warnings go to pytest's warnings summary, not to stderr, and what C code writes to
+    file descriptors 1 and 2 (llama.cpp's own prints) goes to pytest's capture.
 
     PAAV_TEST_CLI=process runs every call in a process of its own instead (as paav_process does).
     """
