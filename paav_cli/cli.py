@@ -172,7 +172,7 @@ def enhance(
     lora: str | None = typer.Option(None, "--lora", help="A GGUF LoRA adapter to apply on the booster (paav export --lora)."),
 ) -> None:
     """Enhance one prompt, or every prompt of a file (resumable: rerun to continue)."""
-    from paav_cli import enhance as lib
+    from paav_cli import enhance_files as lib
 
     if prompt is None and input is None and not sys.stdin.isatty():
         input = "-"  # `cat prompts.txt | paav` works like `paav -i -`

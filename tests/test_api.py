@@ -85,7 +85,7 @@ def test_one_variant_is_greedy_and_sampled_variants_follow_their_seed():
 
 
 def test_enhance_many_keeps_input_order_across_batches_and_matches_the_file_layer(tmp_path):
-    from paav_cli import enhance, load_booster
+    from paav_cli import enhance_files, load_booster
 
     taken = []
 
@@ -101,8 +101,8 @@ def test_enhance_many_keeps_input_order_across_batches_and_matches_the_file_laye
         results = [first, *stream]
     assert [r.prompt for r in results] == PROMPTS
     (tmp_path / "in.txt").write_text("\n".join(PROMPTS) + "\n")
-    opts = enhance.EnhanceOptions(model="tiny", seed=11, max_tokens=40, parallel=2)
-    enhance.enhance_file(str(tmp_path / "in.txt"), str(tmp_path / "out.jsonl"), opts, warn=lambda m: None)
+    opts = enhance_files.EnhanceOptions(model="tiny", seed=11, max_tokens=40, parallel=2)
+    enhance_files.enhance_file(str(tmp_path / "in.txt"), str(tmp_path / "out.jsonl"), opts, warn=lambda m: None)
     records = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["enhanced"] for r in records] == [r.text for r in results]
     assert opts.temperature is None and opts.seed == 11  # the caller's options are left as given

@@ -193,7 +193,7 @@ def test_an_output_file_that_cannot_grow_is_one_sentence_and_the_rerun_completes
 
 
 def test_a_batch_is_tokenised_as_it_goes_not_all_before_the_first_record(monkeypatch, tmp_path):
-    from paav_cli import enhance
+    from paav_cli import enhance, enhance_files
 
     (tmp_path / "in.txt").write_text("\n".join(f"a cat number {i}" for i in range(300)) + "\n")
     calls = {"requests": 0, "at_first_record": None}
@@ -204,16 +204,16 @@ def test_a_batch_is_tokenised_as_it_goes_not_all_before_the_first_record(monkeyp
         return real_request(self, prompt)
 
     monkeypatch.setattr(enhance.Booster, "request", counting)
-    real_add = enhance.RecordWriter.add
+    real_add = enhance_files.RecordWriter.add
 
     def add(self, index, record):
         if calls["at_first_record"] is None:
             calls["at_first_record"] = calls["requests"]
         return real_add(self, index, record)
 
-    monkeypatch.setattr(enhance.RecordWriter, "add", add)
-    opts = enhance.EnhanceOptions(model="tiny", seed=0, parallel=4)
-    summary = enhance.enhance_file("in.txt", "out.jsonl", opts, warn=lambda m: None)
+    monkeypatch.setattr(enhance_files.RecordWriter, "add", add)
+    opts = enhance_files.EnhanceOptions(model="tiny", seed=0, parallel=4)
+    summary = enhance_files.enhance_file("in.txt", "out.jsonl", opts, warn=lambda m: None)
     assert summary["done"] == 300
     # The two probes of the template's stable prefix, then one batch of 4.
     assert calls["at_first_record"] <= 2 + 4
