@@ -80,18 +80,20 @@ def test_a_long_command_closes_its_displays_however_it_ends_and_ctrl_c_exits_130
         assert err == ""
 
 
-def test_a_recipe_command_on_a_fresh_cache_builds_the_tiny_models_it_names(tmp_path, monkeypatch):
+def test_a_recipe_command_on_a_fresh_cache_builds_the_tiny_models_it_names(tmp_path, monkeypatch, shared_cache):
     """No stage builds tiny models (the registry only finds them), so the command that loads a
     recipe does: the README's `paav evolve ... --recipe tiny-cpu` works on a fresh machine."""
     from conftest import paav
     from paav_cli import registry
 
-    monkeypatch.setenv("PAAV_CACHE", str(tmp_path / "fresh-cache"))
-    (tmp_path / "p.txt").write_text("a cat playing piano\n")
-    proc = paav("evolve", str(tmp_path / "p.txt"), "--recipe", "tiny-cpu", "--run", str(tmp_path / "run"),
-                "--max-videos", "1")
-    assert proc.returncode == 0, proc.stderr
-    assert "stopped" in proc.stdout
+    fresh = tmp_path / "fresh-cache" / "models"
+    fresh.mkdir(parents=True)
+    for folder in (shared_cache / "models").iterdir():  # the session's models, less the recipe's base
+        if folder.name != "tiny-llama":
+            (fresh / folder.name).symlink_to(folder, target_is_directory=True)
+    monkeypatch.setenv("PAAV_CACHE", str(fresh.parent))
     reg = registry.Registry.load()
-    for name in ("tiny-cogvideox", "tiny-videoscore", "tiny-mps", "tiny-llama"):
-        assert registry.local_path(reg.get(name)) is not None, name
+    assert registry.local_path(reg.get("tiny-llama")) is None
+    proc = paav("sft", str(tmp_path / "no-pairs.jsonl"), "--recipe", "tiny-cpu", "--run", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "no-pairs.jsonl" in proc.stderr, proc.stderr  # the pairs are checked after
+    assert registry.local_path(reg.get("tiny-llama")) is not None

@@ -160,12 +160,24 @@ def test_rerun_of_a_finished_run_does_nothing(tmp_path, monkeypatch):
     assert counters.renders == 0 and counters.scored == 0 and mutator.calls == 0
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, shared_cache) -> list[tuple]:
+    """What a run never interrupted journals: every resumed run below must end with the same, so
+    it is computed once for the three of them."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("PAAV_CACHE", str(shared_cache))
+        m.setenv("XDG_CONFIG_HOME", str(folder / "config"))
+        m.setenv("HF_HUB_OFFLINE", "1")
+        m.delenv("PAAV_MODELS", raising=False)
+        own_caches(m, folder / "cache")
+        run_with(m, ScriptedMutator(), folder, run="reference")
+    return content(journal(folder, "reference"))
+
+
 @pytest.mark.parametrize("phase", ["render", "score", "mutate"])
-def test_resume_after_a_crash_in_each_phase(tmp_path, monkeypatch, phase):
-    with monkeypatch.context() as m:
-        own_caches(m, tmp_path / "reference-cache")
-        run_with(m, ScriptedMutator(), tmp_path, run="reference")
-    expected = content(journal(tmp_path, "reference"))
+def test_resume_after_a_crash_in_each_phase(tmp_path, monkeypatch, phase, uninterrupted):
+    expected = uninterrupted
 
     own_caches(monkeypatch, tmp_path / "cache")
     counters = Counters(monkeypatch)

@@ -24,11 +24,12 @@ def build_manifest(folder: Path, run: Path, recipe_path: Path, pairs: Path, eval
     from paav_cli.recipe import load_recipe
 
     recipe = load_recipe(str(recipe_path))
-    base = registry.Registry.load().get(recipe.sft.base, "base_llms")
+    reg = registry.Registry.load()
+    base = reg.get(recipe.sft.base, "base_llms")
     trained = json.loads((Path(run) / "sft" / MANIFEST).read_text())
     if trained.get("status") != "done":
         raise UserError(f"{run}/sft holds no finished fine-tune; finish `paav sft` first.")
-    base_gguf = registry.Registry.load().get(base.from_gguf, "boosters") if base.from_gguf else None
+    base_gguf = reg.get(base.from_gguf, "boosters") if base.from_gguf else None
     return {
         "files": {p.name: registry.sha256_file(p) for p in sorted(Path(folder).iterdir())
                   if p.is_file() and p.name != MANIFEST},
