@@ -26,21 +26,10 @@ from pathlib import Path
 from paav_cli.errors import UserError
 from paav_cli.recipe import Dpo, Recipe
 from paav_cli.runs import StageResult, atomic_write_json, prepare_run_folder, record_stage
+from paav_cli.train import setup
 from paav_cli.train.chat import prompt_messages
 from paav_cli.train.data import read_triples
 from paav_cli.train.merge import copy_tokenizer, replace_folder
-from paav_cli.train.setup import (
-    Hardware,
-    attach_progress,
-    check_previous,
-    library_versions,
-    load_model,
-    load_tokenizer,
-    lora_config,
-    make_progress,
-    quiet_training,
-    resolve_hardware,
-)
 
 # DPOConfig.loss_type's values in trl 1.16 (its docstring); checked before any model loads.
 LOSS_TYPES = (
@@ -62,31 +51,31 @@ def run_dpo(triples_path: Path, recipe: Recipe, run: Path, *, round: int = 1, sf
     cfg = recipe.dpo
     triples_path, sft_model = Path(triples_path), Path(sft_model)
     triples = check_inputs(triples_path, sft_model, cfg, round)
-    hw = resolve_hardware(cfg.quant, cfg.gradient_checkpointing, section="dpo")
+    hw = setup.resolve_hardware(cfg.quant, cfg.gradient_checkpointing, section="dpo")
     run = prepare_run_folder(Path(run))
     name = f"dpo-{round}"
     out = run / name
     fingerprint = {"recipe": cfg.model_dump(mode="json"), "triples_sha256": sha256_file(triples_path)}
-    check_previous(out, fingerprint, section="dpo", force=force)
+    setup.check_previous(out, fingerprint, section="dpo", force=force)
 
-    quiet_training()
+    setup.quiet_training()
     from transformers import AutoTokenizer
 
     started = time.monotonic()
-    tokenizer = load_tokenizer(sft_model)
+    tokenizer = setup.load_tokenizer(sft_model)
     if tokenizer.chat_template is None:
         raise UserError(f"the tokenizer in {sft_model} has no chat template; use an instruct model's folder.")
     prompts, shortened = fit_prompts(tokenizer, [t["prompt"] for t in triples], cfg.max_prompt_length)
-    model = load_model(sft_model, hw)
+    model = setup.load_model(sft_model, hw)
     # Trained in a temp folder and renamed: an interrupted round never replaces a finished one.
     tmp = Path(tempfile.mkdtemp(dir=run, prefix=f".{name}.tmp-"))
-    bar = make_progress(progress, f"DPO round {round}")
+    bar = setup.make_progress(progress, f"DPO round {round}")
     trainer = None
     try:
         trainer = build_trainer(model, tokenizer, build_dataset(triples, prompts), cfg, hw, tmp / "trainer", bar)
         trained = trainer.train()
         trainer.model.save_pretrained(tmp)
-        # As loaded, not load_tokenizer's: a pad token set here would be saved into the adapter's tokenizer.
+        # As loaded, not setup.load_tokenizer's: a pad token set here would be saved into the adapter's tokenizer.
         copy_tokenizer(AutoTokenizer.from_pretrained(sft_model), sft_model, tmp)
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
         epochs = epoch_rows(trainer.state.log_history)
@@ -96,7 +85,7 @@ def run_dpo(triples_path: Path, recipe: Recipe, run: Path, *, round: int = 1, sf
             "hyperparameters": hyperparameters(trainer.args, cfg), **hw.fields(), "steps": trainer.state.global_step,
             "epochs": epochs, "final_loss": epochs[-1]["loss"] if epochs else None,
             "train_loss": trained.training_loss, "seconds": round_(time.monotonic() - started, 1),
-            "versions": library_versions(),
+            "versions": setup.library_versions(),
         }
         atomic_write_json(tmp / "manifest.json", manifest)
         replace_folder(tmp, out)
@@ -189,7 +178,7 @@ def build_dataset(triples: list[dict], prompts: list[str]):
     ])
 
 
-def dpo_config(cfg: Dpo, hw: Hardware, output_dir: Path):
+def dpo_config(cfg: Dpo, hw: setup.Hardware, output_dir: Path):
     from trl import DPOConfig
 
     return DPOConfig(
@@ -203,18 +192,18 @@ def dpo_config(cfg: Dpo, hw: Hardware, output_dir: Path):
     )
 
 
-def build_trainer(model, tokenizer, dataset, cfg: Dpo, hw: Hardware, output_dir: Path, bar=None):
+def build_trainer(model, tokenizer, dataset, cfg: Dpo, hw: setup.Hardware, output_dir: Path, bar=None):
     """trl's DPOTrainer with a fresh LoRA; no ref_model, so the reference is the adapter-disabled model."""
     import trl
 
     try:
         trainer = trl.DPOTrainer(
             model=model, ref_model=None, args=dpo_config(cfg, hw, output_dir), train_dataset=dataset,
-            processing_class=tokenizer, peft_config=lora_config(cfg.lora),
+            processing_class=tokenizer, peft_config=setup.lora_config(cfg.lora),
         )
     except ValueError as e:
         raise UserError(f"DPO could not start ({str(e).splitlines()[0][:200]}); check the [dpo] recipe.") from None
-    attach_progress(trainer, bar)
+    setup.attach_progress(trainer, bar)
     return trainer
 
 
