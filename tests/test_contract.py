@@ -74,7 +74,6 @@ REAL_REWARDS = _entries("rewards", tiny=False)
 # coverage check, strict: adding the tiny model makes it pass, and the entry must then go from here.
 MISSING_TINY = {
     "hunyuanvideo": "no tiny HunyuanVideo pipeline in paav_cli/testing yet (Llama + CLIP text encoders)",
-    "aesthetic-mlp": "no tiny LAION v2 (MLP) aesthetic head in paav_cli/testing yet",
 }
 
 PROMPTS = ["a red fox running through the snow", "a blue boat on the lake at night",

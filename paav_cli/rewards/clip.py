@@ -31,6 +31,16 @@ def load_open_clip(folder: Path, device: str, dtype):
     return model.to(device=device, dtype=dtype).eval(), preprocess, tokenizer
 
 
+def laion_mlp(dim: int):
+    """The LAION v2 ("improved") aesthetic predictor's MLP, as its .pth holds it under `layers.`."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Linear(dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
+        nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+    )
+
+
 def aesthetic_head(kind: str, state: dict, dim: int):
     """LAION v1: one Linear(dim, 1). v2 ("improved"): an MLP whose Linear layers sit at 0, 2, 4, 6, 7."""
     import torch
@@ -39,10 +49,7 @@ def aesthetic_head(kind: str, state: dict, dim: int):
     if kind == "aesthetic-linear":
         head = nn.Linear(dim, 1)
     else:
-        head = nn.Sequential(
-            nn.Linear(dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
-        )
+        head = laion_mlp(dim)
         state = {k.removeprefix("layers."): v for k, v in state.items()}
     try:
         head.load_state_dict(state)

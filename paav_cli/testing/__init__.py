@@ -23,6 +23,7 @@ _BUILDERS = {
     "tiny-videoscore": "paav_cli.testing.tiny_videoscore:build_tiny_videoscore",
     "tiny-aesthetic-clip": "paav_cli.testing.tiny_clip:build_tiny_open_clip",
     "tiny-aesthetic.pth": "paav_cli.testing.tiny_clip:build_tiny_aesthetic_head",
+    "tiny-aesthetic-v2.pth": "paav_cli.testing.tiny_clip:build_tiny_aesthetic_mlp",
     "tiny-mps": "paav_cli.testing.tiny_mps:build_tiny_mps",
     "tiny-llama": "paav_cli.testing.tiny_llm:build_tiny_llama",
     "tiny-qwen2": "paav_cli.testing.tiny_llm:build_tiny_qwen2",

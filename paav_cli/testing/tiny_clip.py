@@ -49,3 +49,25 @@ def build_tiny_aesthetic_head(path: Path) -> Path:
     torch.save(head.state_dict(), tmp)
     tmp.replace(path)
     return path
+
+
+def build_tiny_aesthetic_mlp(path: Path) -> Path:
+    """A LAION v2 ("improved") MLP head for the tiny embedding, saved as LAION's .pth is (keys under
+    `layers.`), with its last bias at the middle of the 1-10 scale and spread enough to tell outputs apart."""
+    import torch
+
+    from paav_cli.rewards.clip import laion_mlp
+
+    torch.manual_seed(2)
+    head = laion_mlp(TINY_EMBED_DIM)
+    with torch.no_grad():
+        for layer in head:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.normal_(0, 1.0 / layer.in_features ** 0.5 * 3)
+        head[-1].bias.fill_(5.0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save({f"layers.{k}": v for k, v in head.state_dict().items()}, tmp)
+    tmp.replace(path)
+    return path
