@@ -161,7 +161,7 @@ class Booster:
         """
         settings = Settings.resolve(n=n, seed=seed, temperature=temperature, max_tokens=max_tokens,
                                     target=target, negative=negative)
-        records = (_as_record(i, p) for i, p in enumerate(prompts, 1))
+        records = (prompt_record(i, p) for i, p in enumerate(prompts, 1))
         jobs = iter_jobs(records, settings.n, settings.seed)
         while part := list(islice(jobs, self.model.max_parallel)):
             done: dict[int, Enhancement] = {}
@@ -244,7 +244,8 @@ def load_booster(model: str = "default", *, threads: int | None = None, lora: st
     return Booster(resolve_model(model), threads=threads, parallel=parallel, lora=lora, label=model)
 
 
-def _as_record(index: int, prompt: str | PromptRecord) -> PromptRecord:
+def prompt_record(index: int, prompt: str | PromptRecord) -> PromptRecord:
+    """A prompt as the record a job carries (stripped); an empty one is a UserError naming its place."""
     if isinstance(prompt, PromptRecord):
         return prompt
     if not isinstance(prompt, str) or not prompt.strip():
