@@ -72,6 +72,7 @@ def test_requests_sampled_differently_decode_in_separate_batches(booster, monkey
         greedy = batcher.submit("a dog", seed=0)
         sampled = batcher.submit("a bird", seed=0, temperature=0.7)
         gate.release.set()
+        assert first.result(60)[0].prompt == "a cat"
         assert greedy.result(60)[0].temperature == 0.0 and sampled.result(60)[0].temperature == 0.7
     finally:
         batcher.close()
