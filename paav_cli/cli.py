@@ -544,6 +544,21 @@ def _eval_progress(total: int, description: str):
     return BatchProgress(total, description) if total > 1 and stderr_is_terminal() else None
 
 
+@app.command("serve")
+def serve_cmd(
+    model: list[str] = typer.Option(["default"], "-m", "--model", help="A booster to serve (repeat for several)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (others need $PAAV_API_KEY)."),
+    port: int = typer.Option(8765, "--port", min=1, max=65535, help="Port to listen on."),
+    parallel: int = typer.Option(32, "--parallel", min=1, max=64, help="Requests decoded together in one batch."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads (default: the free cores)."),
+    max_queue: int = typer.Option(64, "--max-queue", min=1, help="Requests that may wait; more get 429."),
+) -> None:
+    """Serve boosters over HTTP: OpenAI's and Ollama's APIs and /v1/enhance, concurrent requests batched."""
+    from paav_cli.serve.server import serve_boosters
+
+    serve_boosters(model, host=host, port=port, parallel=parallel, threads=threads, max_queue=max_queue)
+
+
 @app.command("run")
 def run_cmd(
     recipe: str = typer.Argument(..., help="A recipe file, or a shipped recipe's name (tiny-cpu, cogvideox-2b, ...)."),
