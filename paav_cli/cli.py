@@ -7,6 +7,7 @@ Nothing here imports torch, diffusers or transformers; llama.cpp loads only when
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from enum import Enum
@@ -182,12 +183,16 @@ def enhance(
         model=model, n=n, seed=seed, temperature=temperature, max_tokens=max_tokens,
         threads=threads, target=target, negative=negative, parallel=parallel, lora=lora,
     )
+    server = os.environ.get(lib.SERVER_ENV)
     with _resumable("finished records are"):
-        if prompt is not None:
+        summary = None
+        if server and prompt is not None and not output:  # only the decode, when a server answers
+            summary = lib.enhance_through_server(server, prompt, opts, as_json=as_json, warn=lib.stderr_warn)
+        if summary is None and prompt is not None:
             summary = lib.enhance_records(
                 lib.single_prompt(prompt), output, opts, as_json=as_json, overwrite=overwrite, warn=lib.stderr_warn
             )
-        else:
+        elif summary is None:
             summary = lib.enhance_file(
                 input, output, opts, as_json=as_json, on_error=on_error.value, overwrite=overwrite,
                 warn=lib.stderr_warn, progress_factory=_progress,

@@ -303,3 +303,58 @@ def single_prompt(prompt: str) -> list[PromptRecord]:
 
 def stderr_warn(message: str) -> None:
     print(f"warning: {plain_line(message)}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through a running `paav serve`
+
+
+SERVER_ENV = "PAAV_SERVER"
+
+
+def enhance_through_server(url: str, prompt: str, opts: EnhanceOptions, *, as_json: bool, warn) -> dict | None:
+    """Enhance one prompt on a running `paav serve` at `url` and print it as `paav enhance` would,
+    so that a single prompt costs only the decode; None when no server answers there (or it does not
+    serve this booster, or it is busy): the caller then loads the booster itself."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    record = single_prompt(prompt)[0]
+    body = {"prompt": record.prompt, "model": opts.model, "n": opts.n, "seed": opts.seed,
+            "temperature": opts.temperature, "target": opts.target, "negative": opts.negative,
+            "max_tokens": opts.max_tokens}
+    if opts.lora or not _answers(url):
+        return None
+    request = urllib.request.Request(f"{url.rstrip('/')}/v1/enhance", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            results = [Enhancement(**r) for r in json.loads(response.read())["results"]]
+    except (OSError, ValueError, KeyError, TypeError):  # refused, an HTTP error, not paav's answer
+        return None
+    writer = RecordWriter(None, as_json=as_json, columns=output_columns(list(record.extra), opts))
+    writer.open(0)
+    for index, result in enumerate(results):
+        job = Job(index=index, record=record, variant=result.variant, seed=result.seed)
+        if result.fallback:
+            warn(f"prompt {show(record.id)} kept as written: the booster's output was unusable "
+                 f"({result.fallback_reason}).")
+        writer.add(index, to_record(job, result))
+    writer.close()
+    return {"jobs": len(results), "skipped": 0, "done": len(results),
+            "fallbacks": sum(r.fallback for r in results), "seed": results[0].seed - results[0].variant}
+
+
+def _answers(url: str, timeout: float = 0.5) -> bool:
+    """Whether anything listens at the server's address: a refused or silent port costs half a
+    second at most, not a request timeout."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
