@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 from paav_cli.errors import UserError
 
@@ -28,13 +29,27 @@ def serve_boosters(models: list[str], *, host: str = "127.0.0.1", port: int = 87
     from paav_cli.serve.batcher import Batcher
 
     batchers = {}
+    # uvicorn shuts down gracefully on SIGTERM and then raises the signal again, which would kill the
+    # process before the boosters are closed and exit with -15; this handler turns it into a return.
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         for name in models:
             batchers[name] = Batcher(load_booster(name, threads=threads, parallel=parallel), max_queue=max_queue)
         from paav_cli.serve.app import serve
 
         serve(batchers, host=host, port=port, api_key=api_key)
+    except (_Stopped, KeyboardInterrupt):
+        pass  # asked to stop: requests in flight were answered
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for batcher in batchers.values():
             batcher.close()
             batcher.booster.close()
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop(signum, frame) -> None:
+    raise _Stopped
