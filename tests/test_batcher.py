@@ -4,6 +4,7 @@ whose client went away is dropped."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import CancelledError
 
 import pytest
@@ -132,3 +133,26 @@ def test_closing_fails_what_still_waits_and_refuses_new_requests(booster, monkey
         waiting.result(60)
     with pytest.raises(Busy, match="shutting down"):
         batcher.submit("a bird")
+
+
+def test_a_request_that_comes_just_after_another_joins_its_batch(booster, monkeypatch):
+    """Clients answered in one batch send their next requests milliseconds apart: the worker waits
+    `linger` seconds for them instead of starting a batch of one."""
+    batches = []
+    real = Booster.run
+
+    def run(b, jobs, settings, on_result):
+        jobs = list(jobs)
+        batches.append([job.record.prompt for job in jobs])
+        return real(b, jobs, settings, on_result)
+
+    monkeypatch.setattr(Booster, "run", run)
+    batcher = Batcher(booster, linger=0.5)
+    try:
+        first = batcher.submit("a cat", seed=0)
+        time.sleep(0.05)
+        second = batcher.submit("a dog", seed=0)
+        assert first.result(60) and second.result(60)
+    finally:
+        batcher.close()
+    assert batches == [["a cat", "a dog"]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -39,8 +40,9 @@ class _Request:
 class Batcher:
     """One booster, one worker thread, one bounded queue. `submit` is safe from any thread."""
 
-    def __init__(self, booster: Booster, *, max_queue: int = 64):
+    def __init__(self, booster: Booster, *, max_queue: int = 64, linger: float = 0.02):
         self.booster = booster
+        self.linger = linger
         self._queue: queue.Queue[_Request] = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
         self._known_targets: set[str] = set()
@@ -92,11 +94,14 @@ class Batcher:
             self._decode(self._gather(first))
 
     def _gather(self, first: _Request) -> list[_Request]:
-        """The first request and everything else waiting, up to the booster's parallel sequences."""
+        """The first request and every other that comes within `linger` seconds, up to the booster's
+        parallel sequences. Clients that got their answers in one batch send their next requests a
+        few milliseconds apart; without the wait they would split into batches that alternate."""
         batch, sequences = [first], first.settings.n
+        deadline = time.monotonic() + self.linger
         while sequences < self.booster.model.max_parallel:
             try:
-                request = self._queue.get_nowait()
+                request = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
             batch.append(request)
