@@ -237,27 +237,13 @@ def create_app(boosters: dict[str, Batcher], *, api_key: str | None = None, max_
                         max_tokens=body.tokens())
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
-            def chunk(choices: list[dict], usage: dict | None = None) -> str:
-                data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": name,
-                        "choices": choices}
-                if body.include_usage():
-                    data["usage"] = usage
-                return _sse(data)
+            def choice(e, text: str | None, finish: str | None) -> dict:
+                return {"index": e.variant, "delta": {} if text is None else {"content": text}, "finish_reason": finish}
 
-            async def events() -> AsyncIterator[str]:
-                yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                             for i in range(body.n)])
-                results = await _outcome(request, future)
-                if isinstance(results, ApiError):
-                    yield _sse(_openai_error(results))
-                    return
-                for e in results:
-                    yield chunk([{"index": e.variant, "delta": {"content": e.text}, "finish_reason": None}])
-                yield chunk([{"index": e.variant, "delta": {}, "finish_reason": "stop"} for e in results])
-                if body.include_usage():
-                    yield chunk([], _usage(results))
-                yield "data: [DONE]\n\n"
-            return _event_stream(events(), future)
+            opening = [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                       for i in range(body.n)]
+            return _openai_stream(request, future, body, ident=ident, created=created, name=name,
+                                  kind="chat.completion.chunk", opening=opening, choice=choice)
         results = await _result(request, future)
         return JSONResponse({
             "id": ident, "object": "chat.completion", "created": created, "model": name,
@@ -278,26 +264,11 @@ def create_app(boosters: dict[str, Batcher], *, api_key: str | None = None, max_
                         max_tokens=body.tokens())
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
-            def chunk(choices: list[dict], usage: dict | None = None) -> str:
-                data = {"id": ident, "object": "text_completion", "created": created, "model": name,
-                        "choices": choices}
-                if body.include_usage():
-                    data["usage"] = usage
-                return _sse(data)
+            def choice(e, text: str | None, finish: str | None) -> dict:
+                return {"index": e.variant, "text": text or "", "logprobs": None, "finish_reason": finish}
 
-            async def events() -> AsyncIterator[str]:
-                results = await _outcome(request, future)
-                if isinstance(results, ApiError):
-                    yield _sse(_openai_error(results))
-                    return
-                for e in results:
-                    yield chunk([{"index": e.variant, "text": e.text, "logprobs": None, "finish_reason": None}])
-                yield chunk([{"index": e.variant, "text": "", "logprobs": None, "finish_reason": "stop"}
-                             for e in results])
-                if body.include_usage():
-                    yield chunk([], _usage(results))
-                yield "data: [DONE]\n\n"
-            return _event_stream(events(), future)
+            return _openai_stream(request, future, body, ident=ident, created=created, name=name,
+                                  kind="text_completion", opening=None, choice=choice)
         results = await _result(request, future)
         return JSONResponse({
             "id": ident, "object": "text_completion", "created": created, "model": name,
@@ -489,6 +460,33 @@ def _now() -> str:
 
 
 # -- running it --------------------------------------------------------------------------------
+
+
+def _openai_stream(request, future, body, *, ident: str, created: int, name: str, kind: str,
+                   opening: list[dict] | None, choice) -> Response:
+    """An OpenAI stream of server-sent events: the opening chunk (chat's role), one chunk a variant
+    (the booster gives whole texts), the finish chunk, usage when asked, then [DONE]."""
+    def chunk(choices: list[dict], usage: dict | None = None) -> str:
+        data = {"id": ident, "object": kind, "created": created, "model": name, "choices": choices}
+        if body.include_usage():
+            data["usage"] = usage
+        return _sse(data)
+
+    async def events() -> AsyncIterator[str]:
+        if opening is not None:
+            yield chunk(opening)
+        results = await _outcome(request, future)
+        if isinstance(results, ApiError):
+            yield _sse(_openai_error(results))
+            return
+        for e in results:
+            yield chunk([choice(e, e.text, None)])
+        yield chunk([choice(e, None, "stop") for e in results])
+        if body.include_usage():
+            yield chunk([], _usage(results))
+        yield "data: [DONE]\n\n"
+
+    return _event_stream(events(), future)
 
 def serve(boosters: dict[str, Batcher], host: str = "127.0.0.1", port: int = 8765, api_key: str | None = None,
           *, max_body: int = 64_000, max_prompt_chars: int = 4000, log_level: str = "info") -> None:
