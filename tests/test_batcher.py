@@ -138,15 +138,8 @@ def test_closing_fails_what_still_waits_and_refuses_new_requests(booster, monkey
 def test_a_request_that_comes_just_after_another_joins_its_batch(booster, monkeypatch):
     """Clients answered in one batch send their next requests milliseconds apart: the worker waits
     `linger` seconds for them instead of starting a batch of one."""
-    batches = []
-    real = Booster.run
-
-    def run(b, jobs, settings, on_result):
-        jobs = list(jobs)
-        batches.append([job.record.prompt for job in jobs])
-        return real(b, jobs, settings, on_result)
-
-    monkeypatch.setattr(Booster, "run", run)
+    gate = Gate(monkeypatch, booster)
+    gate.release.set()  # record the batches, hold none
     batcher = Batcher(booster, linger=0.5)
     try:
         first = batcher.submit("a cat", seed=0)
@@ -155,4 +148,4 @@ def test_a_request_that_comes_just_after_another_joins_its_batch(booster, monkey
         assert first.result(60) and second.result(60)
     finally:
         batcher.close()
-    assert batches == [["a cat", "a dog"]]
+    assert gate.batches == [["a cat", "a dog"]]
