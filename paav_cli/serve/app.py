@@ -1,4 +1,5 @@
-"""The HTTP layer of `paav serve`: OpenAI, Ollama and paav's own API over one `Batcher` per booster.
+"""The HTTP layer of `paav serve`: OpenAI, Ollama and paav's own API over one `Batcher` per booster,
+and at `/` a page for trying a prompt in a browser (page.html: no data in it, so served without a key).
 
 Every endpoint turns its request into one `Batcher.submit` (which never blocks: a full queue is a
 429 at once) and awaits the Future without holding a thread; a client that goes away while waiting
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hmac
 import json
 import logging
@@ -23,15 +25,17 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from paav_cli import registry
 from paav_cli.enhance import Enhancement
 from paav_cli.errors import UserError
 from paav_cli.serve.batcher import Batcher, Busy
@@ -284,6 +288,16 @@ def create_app(boosters: dict[str, Batcher], *, api_key: str | None = None, max_
 
     # -- paav's own ------------------------------------------------------------------------
 
+    async def page(request: Request) -> Response:
+        return HTMLResponse(_page(), headers=PAGE_HEADERS)
+
+    async def targets(request: Request) -> Response:
+        check_key(request)
+        generators = registry.Registry.load(keep_going=True).by_role("generators")
+        return JSONResponse({"object": "list", "data": [
+            {"id": e.name, "text_encoder": e.text_encoder.kind, "max_tokens": e.text_encoder.max_tokens,
+             "description": e.description} for e in generators]})
+
     async def enhance(request: Request) -> Response:
         body: EnhanceRequest = await read_json(request, EnhanceRequest)
         name, batcher = pick(body.model)
@@ -373,12 +387,30 @@ def create_app(boosters: dict[str, Batcher], *, api_key: str | None = None, max_
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/enhance", enhance, methods=["POST"]),
+        Route("/v1/targets", targets, methods=["GET"]),
+        Route("/", page, methods=["GET"]),
         Route("/api/generate", ollama_generate, methods=["POST"]),
         Route("/api/chat", ollama_chat, methods=["POST"]),
         Route("/api/tags", ollama_tags, methods=["GET"]),
     ]
     return Starlette(routes=routes, exception_handlers={
         ApiError: on_api_error, HTTPException: on_http_error, _ClientGone: on_client_gone, Exception: on_crash})
+
+
+# The page only talks to this server, runs only its own inline script, and is never framed.
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                               "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+@functools.cache
+def _page() -> bytes:
+    return resources.files("paav_cli.serve").joinpath("page.html").read_bytes()
 
 
 # -- waiting for the batcher -------------------------------------------------------------------
