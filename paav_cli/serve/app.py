@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from paav_cli import registry
+from paav_cli import __version__, registry
 from paav_cli.enhance import Enhancement
 from paav_cli.errors import UserError
 from paav_cli.serve.batcher import Batcher, Busy
@@ -309,7 +309,7 @@ def create_app(boosters: dict[str, Batcher], *, api_key: str | None = None, max_
     # -- Ollama ----------------------------------------------------------------------------
 
     async def ollama_answer(request: Request, body: _OllamaBody, prompt: str,
-                            piece: Callable[[str], dict]) -> Response:
+                            piece: Callable[[str], dict], closing: dict | None = None) -> Response:
         name, batcher = pick(body.model)
         future = submit(batcher, prompt, seed=body.options.seed, temperature=body.options.temperature,
                         max_tokens=body.options.tokens())
@@ -321,7 +321,7 @@ def create_app(boosters: dict[str, Batcher], *, api_key: str | None = None, max_
             return {"model": name, "created_at": _now(), **piece(text), "done": True, "done_reason": "stop",
                     "total_duration": time.perf_counter_ns() - began, "load_duration": 0,
                     "prompt_eval_count": 0, "prompt_eval_duration": 0, "eval_count": tokens,
-                    "eval_duration": decode}
+                    "eval_duration": decode, **(closing or {})}
 
         if body.stream is False:
             results = await _result(request, future)
@@ -338,7 +338,10 @@ def create_app(boosters: dict[str, Batcher], *, api_key: str | None = None, max_
 
     async def ollama_generate(request: Request) -> Response:
         body: OllamaGenerateRequest = await read_json(request, OllamaGenerateRequest)
-        return await ollama_answer(request, body, body.prompt, lambda text: {"response": text})
+        # Ollama's last generate answer has `context` (the tokens to send back for a follow-up); paav
+        # keeps no conversation, so it is empty, but there: ComfyUI-Ollama's Generate node reads it.
+        return await ollama_answer(request, body, body.prompt, lambda text: {"response": text},
+                                   closing={"context": []})
 
     async def ollama_chat(request: Request) -> Response:
         body: OllamaChatRequest = await read_json(request, OllamaChatRequest)
@@ -352,6 +355,10 @@ def create_app(boosters: dict[str, Batcher], *, api_key: str | None = None, max_
             {"name": name, "model": name, "modified_at": modified, "size": 0, "digest": "",
              "details": {"format": "gguf", "family": "paav", "families": ["paav"], "parameter_size": "",
                          "quantization_level": ""}} for name in names]})
+
+    async def ollama_version(request: Request) -> Response:
+        check_key(request)  # Open WebUI checks an Ollama connection with it
+        return JSONResponse({"version": __version__})
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -392,6 +399,7 @@ def create_app(boosters: dict[str, Batcher], *, api_key: str | None = None, max_
         Route("/api/generate", ollama_generate, methods=["POST"]),
         Route("/api/chat", ollama_chat, methods=["POST"]),
         Route("/api/tags", ollama_tags, methods=["GET"]),
+        Route("/api/version", ollama_version, methods=["GET"]),
     ]
     return Starlette(routes=routes, exception_handlers={
         ApiError: on_api_error, HTTPException: on_http_error, _ClientGone: on_client_gone, Exception: on_crash})
