@@ -11,17 +11,17 @@ from __future__ import annotations
 import re
 
 STYLE_EXAMPLES = (
-    "In the dim light of dawn, a delicate spider, its body glistening with dew, meticulously weaves an "
+    ("In the dim light of dawn, a delicate spider, its body glistening with dew, meticulously weaves an "
     "intricate web between two slender branches. The camera captures the spider's nimble legs as they expertly "
     "maneuver silk threads, creating a mesmerizing pattern that glistens in the soft morning light. Each strand "
-    "is placed with precision, forming a symmetrical masterpiece that sways gently in the breeze.",
-    "A close-up view reveals a snail with a glistening, spiraled shell, slowly traversing a lush, dew-kissed "
+    "is placed with precision, forming a symmetrical masterpiece that sways gently in the breeze."),
+    ("A close-up view reveals a snail with a glistening, spiraled shell, slowly traversing a lush, dew-kissed "
     "leaf. The camera captures the intricate patterns on its shell, reflecting the soft morning light. Its "
     "delicate antennae extend and retract, sensing the environment with gentle curiosity. The background is a "
-    "blur of vibrant greens, enhancing the serene and tranquil atmosphere of this miniature world.",
-    "From a bird's-eye perspective, a small hermit crab with a beautifully spiraled shell, adorned in shades of "
+    "blur of vibrant greens, enhancing the serene and tranquil atmosphere of this miniature world."),
+    ("From a bird's-eye perspective, a small hermit crab with a beautifully spiraled shell, adorned in shades of "
     "cream and brown, scuttles across a weathered wooden deck. As it moves, its delicate legs and antennae "
-    "navigate the grooves and knots in the wood, casting tiny shadows in the warm sunlight.",
+    "navigate the grooves and knots in the wood, casting tiny shadows in the warm sunlight."),
 )
 
 INSTRUCTION = """You need to refine user's input prompt. The user's input prompt is used for video generation task. \
@@ -97,9 +97,24 @@ def _clean(candidate: str) -> str:
     return text
 
 
-def _valid(text: str) -> bool:
+def unusable(text: str, seen: set[str] = frozenset()) -> str | None:
+    """Why `text` cannot be a candidate (None when it can): too short or long, not a video
+    description, or the same after `normalise` as a key in `seen` (a prompt tried or proposed before).
+    Both kinds of mutator go through it: parsed answers and sampled rewrites."""
     words = len(text.split())
-    return MIN_WORDS <= words <= MAX_WORDS and not _NOT_A_PROMPT.search(text)
+    if words < MIN_WORDS:
+        return "empty" if not words else f"too short ({words} words)"
+    if words > MAX_WORDS:
+        return f"too long ({words} words)"
+    if _NOT_A_PROMPT.search(text):
+        return "not a video description"
+    if normalise(text) in seen:
+        return "the same as an earlier candidate"
+    return None
+
+
+def _valid(text: str) -> bool:
+    return unusable(text) is None
 
 
 def parse_prompts(answer: str, *, limit: int, seen: set[str] = frozenset()) -> list[str]:
