@@ -23,8 +23,7 @@ from paav_cli.evolve.state import Candidate, EvolveState, Scored
 from paav_cli.prompt_files import PromptRecord
 from paav_cli.recipe import Recipe
 from paav_cli.runs import Journal, atomic_write_text
-from paav_cli.text.evolution import mutation_messages, parse_prompts
-
+from paav_cli.text.evolution import mutation_messages, normalise, parse_prompts, unusable
 
 # Calls one source's mutation may take: a second when the first answer holds no usable prompt.
 CALLS_PER_SOURCE = 2
@@ -160,7 +159,9 @@ class Evolution:
             failure = None
             for sid, future in futures.items():  # journaled in source order as each answer arrives
                 try:
-                    self.state.propose(proposals, future.result(), sid, iteration)
+                    candidates, shortfall = future.result()
+                    self.state.propose(proposals, candidates, sid, iteration, wanted=self.cfg.new_per_iteration,
+                                       reason=shortfall)
                 except Exception as e:  # noqa: BLE001 - keep every other answer (each one was paid for)
                     failure = failure or e
                 self.view.update(llm_calls=self.stats.llm_calls)
@@ -177,17 +178,18 @@ class Evolution:
         room = max((budget - self.stats.llm_calls) // CALLS_PER_SOURCE, 0)
         return todo[:room]
 
-    def _ask(self, mutator, sid: str, iteration: int) -> list[Candidate]:
+    def _ask(self, mutator, sid: str, iteration: int) -> tuple[list[Candidate], str | None]:
+        """One source's new candidates, and why there are fewer than asked for (None when there are not)."""
         pool = self.state.pool(sid)
         original = next(s for s in pool if s.candidate.iteration == 0)
         top = top_candidates(pool, self.cfg.keep_top)
+        seen = {c.prompt for c in self.state.candidates.values() if c.source == sid}
+        seen_keys = {normalise(p) for p in seen}
+        if getattr(mutator, "proposes_rewrites", False):  # a local model that cannot follow Table 6
+            return self._ask_rewrites(mutator, sid, iteration, original, top, seen_keys)
         entries = [(original.candidate.prompt, original.scores)] + [(s.candidate.prompt, s.scores) for s in top]
         dims = [d for d in ("VQ", "TC", "DD", "TVA", "FC", "AES", "MPS", "CLIP") if d in original.scores]
         messages = mutation_messages(entries, dims, self.cfg.new_per_iteration, self.cfg.examples)
-        seen = {c.prompt for c in self.state.candidates.values() if c.source == sid}
-        from paav_cli.text.evolution import normalise
-
-        seen_keys = {normalise(p) for p in seen}
         for attempt in range(CALLS_PER_SOURCE):  # ask again once when an answer holds no usable prompt
             self.stats.llm_calls += 1
             [answer] = mutator.generate(
@@ -198,11 +200,62 @@ class Evolution:
             if prompts:
                 break
         parents = tuple([original.candidate.id] + [s.candidate.id for s in top])
-        return [Candidate(f"{sid}:{iteration}:{k}", sid, iteration, p, parents) for k, p in enumerate(prompts)]
+        shortfall = None
+        if len(prompts) < self.cfg.new_per_iteration:
+            shortfall = f"the mutator's answer held {len(prompts)} usable prompts of {self.cfg.new_per_iteration}"
+        return [Candidate(f"{sid}:{iteration}:{k}", sid, iteration, p, parents) for k, p in enumerate(prompts)], shortfall
 
-    def _seed(self, sid: str, iteration: int, attempt: int) -> int:
-        blob = f"{self.cfg.seed}:{sid}:{iteration}:{attempt}".encode()
-        return int(hashlib.sha256(blob).hexdigest()[:8], 16)
+    def _ask_rewrites(self, mutator, sid: str, iteration: int, original: Scored, top: list[Scored],
+                      seen_keys: set[str]) -> tuple[list[Candidate], str | None]:
+        """`new_per_iteration` sampled rewrites, decoded in one batch (one call), for a mutator that
+        `proposes_rewrites`. Candidate k rewrites the original when k is even and the best rewrite so
+        far when k is odd (the original again in iteration 1, before there is one): the odd ones build
+        on what scored best, as Table 6 asks a chat model to, and the even ones keep drawing fresh
+        rewrites of the user's own prompt, so one lucky early rewrite cannot narrow the whole search.
+        A sample that is unusable or the same as an earlier candidate is drawn again, with its next
+        seed, in one more call (the bound of a Table 6 mutation), as a rewrite of the original: a
+        rewrite of the best that failed was nearly always the best copied out again, and so would its
+        second draw be (measured: 2 of 36 tiny-cpu candidates lost that way). What is still missing
+        is journaled."""
+        best = top[0] if top else original
+        wanted = self.cfg.new_per_iteration
+        bases = [original if k % 2 == 0 else best for k in range(wanted)]
+        kept: dict[int, str] = {}
+        why: dict[int, str] = {}
+        todo = list(range(wanted))
+        keys = set(seen_keys)
+        for attempt in range(CALLS_PER_SOURCE):
+            if not todo:
+                break
+            if attempt:
+                bases = [original if k in todo else base for k, base in enumerate(bases)]
+            self.stats.llm_calls += 1
+            answers = mutator.rewrite(
+                [bases[k].candidate.prompt for k in todo], original.candidate.prompt,
+                seeds=[self._seed(sid, iteration, attempt, k) for k in todo],
+                temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens,
+            )
+            missing = []
+            for k, (text, issue) in zip(todo, answers):  # in candidate order: the journal is deterministic
+                issue = issue or unusable(text, keys)
+                if issue is None:
+                    kept[k] = text
+                    keys.add(normalise(text))
+                else:
+                    why[k] = issue
+                    missing.append(k)
+            todo = missing
+        candidates = []
+        for k in sorted(kept):
+            parents = (original.candidate.id,) if bases[k] is original else (original.candidate.id, best.candidate.id)
+            candidates.append(Candidate(f"{sid}:{iteration}:{len(candidates)}", sid, iteration, kept[k], parents))
+        shortfall = "; ".join(f"rewrite {k}: {why[k]}" for k in todo) or None
+        return candidates, shortfall
+
+    def _seed(self, sid: str, iteration: int, attempt: int, candidate: int | None = None) -> int:
+        """The run seed, source, iteration and try (and the candidate, for sampled rewrites), hashed."""
+        blob = f"{self.cfg.seed}:{sid}:{iteration}:{attempt}" + ("" if candidate is None else f":{candidate}")
+        return int(hashlib.sha256(blob.encode()).hexdigest()[:8], 16)
 
     def _get_mutator(self):
         if self._mutator is None:

@@ -1,8 +1,8 @@
 """The evolution's state, kept only in its run folder's append-only journals.
 
 `candidates.jsonl` has one line per prompt the engine decided to try (the originals, then each
-mutator answer's prompts, or an `empty` marker when an answer held none); `journal.jsonl` has one
-line per candidate once rendered and scored. Reading both back gives the whole state, so a killed
+mutator answer's prompts, and an `empty` marker saying how many are missing and why when an answer
+held fewer than asked for); `journal.jsonl` has one line per candidate once rendered and scored. Reading both back gives the whole state, so a killed
 run resumes exactly where it stopped: nothing proposed is asked for again, nothing scored is
 journaled twice.
 """
@@ -69,13 +69,22 @@ class EvolveState:
             state.scored[c.id] = Scored(c, rec["scores"], rec["combined"], rec["render_key"])
         return state
 
-    def propose(self, journal: Journal, candidates: list[Candidate], source: str, iteration: int) -> None:
-        """Record what one mutator answer (or the originals) gave: its candidates, or an empty marker."""
+    def propose(self, journal: Journal, candidates: list[Candidate], source: str, iteration: int, *,
+                wanted: int | None = None, reason: str | None = None) -> None:
+        """Record what one mutator answer (or the originals) gave: its candidates, then an `empty` marker
+        (a line that is no candidate) when it gave none or fewer than `wanted`, with how many are
+        missing and why."""
         for c in candidates:
             journal.append({**asdict(c), "parents": list(c.parents)})
             self.candidates[c.id] = c
-        if not candidates:
-            journal.append({"source": source, "iteration": iteration, "empty": True})
+        short = wanted is not None and len(candidates) < wanted
+        if not candidates or short:
+            marker: dict = {"source": source, "iteration": iteration, "empty": True}
+            if short:
+                marker["missing"] = wanted - len(candidates)
+            if reason:
+                marker["reason"] = reason
+            journal.append(marker)
         self.asked.add((source, iteration))
 
     def pending(self, iteration: int, sources: set[str]) -> list[Candidate]:
