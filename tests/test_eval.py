@@ -80,13 +80,22 @@ def test_text_only_eval(prompts, tmp_path, monkeypatch):
     assert rows["tiny"]["sentences"] >= 2 and rows["tiny"]["seconds"] > 0
     for row in rows.values():
         assert 0 <= row["fallback"] <= 1 and 0 <= row["budget_ok"] <= 1 and -1 <= row["intent"] <= 1
+    # the prompt as written adds nothing, so nothing can contradict it
+    assert rows["original"]["faithful"] == 1.0
+    assert 0 <= rows["tiny"]["faithful"] <= 1
 
     lines = journal(out)
     assert len(lines) == 3 * len(PROMPTS)
-    assert {k for k in ("method", "id", "original", "rewritten", "fallback", "seconds", "intent")} <= set(lines[0])
+    assert {k for k in ("method", "id", "original", "rewritten", "fallback", "seconds", "intent", "faithful",
+                        "faithfulness", "unfaithful")} <= set(lines[0])
+    from paav_cli.text.faithfulness import read_faithfulness
+
+    for line in lines:  # each record's verdict is the scorer's reading of that rewrite
+        reading = read_faithfulness(line["original"], line["rewritten"])
+        assert (line["faithful"], line["unfaithful"]) == (reading.faithful, list(reading.problems))
     assert [ln["original"] for ln in lines[:3]] == PROMPTS
     table = (out / "table.md").read_text()
-    assert "**" in table and "Intent sim." in table and "`tiny`" in table
+    assert "**" in table and "Intent sim." in table and "Faithful" in table and "`tiny`" in table
     with open(out / "table.csv") as f:
         csv_rows = list(csv.DictReader(f))
     assert [r["method"] for r in csv_rows] == ["original", "tiny", "tiny-mutator"]

@@ -11,6 +11,7 @@ DRAW = 1e-6  # |combined difference| below this is a draw
 # Text-only columns: (key, header, higher is better; None = descriptive, no best).
 TEXT_COLUMNS = [
     ("intent", "Intent sim.", True),
+    ("faithful", "Faithful", True),
     ("budget_ok", "Budget ok", True),
     ("words", "Words", None),
     ("sentences", "Sentences", None),
