@@ -88,6 +88,7 @@ def instrument(clock: Clock) -> None:
     scoring.load_reward = load_reward
     clock.wrap(mutators.LlamaCppMutator, "__init__", "model: mutator load")
     clock.wrap(mutators.LlamaCppMutator, "generate", "model: mutator generate")
+    clock.wrap(mutators.LlamaCppMutator, "rewrite", "model: mutator rewrite")  # completion boosters sample rewrites
 
 
 def main() -> None:
