@@ -276,8 +276,13 @@ def _run(booster, records, output, opts, start, leave_out, summary, *, as_json, 
     progress = progress_factory(pending) if progress_factory else None  # None: no bar
     settings = Settings.resolve(n=opts.n, seed=opts.seed, temperature=opts.temperature,
                                 max_tokens=opts.max_tokens, target=opts.target, negative=opts.negative)
+    foreign = _language_warning(booster, warn, single=isinstance(records, list) and len(records) == 1)
+    if isinstance(records, list):  # said before the decode when the prompts are at hand
+        for record in records:
+            foreign(record)
     try:
         def on_result(job: Job, result: Enhancement) -> None:
+            foreign(job.record)
             if result.fallback:
                 summary["fallbacks"] += 1
                 warn(f"prompt {show(job.record.id)} kept as written: the booster's output was unusable "
@@ -293,6 +298,29 @@ def _run(booster, records, output, opts, start, leave_out, summary, *, as_json, 
         if progress:
             progress.close()
         writer.close()
+
+
+def _language_warning(booster: Booster, warn, *, single: bool = False):
+    """A check for each record that warns, once per command, about the first prompt plainly in a
+    language the booster was not trained to read."""
+    reads = booster.entry.languages
+    warned = False
+
+    def check(record: PromptRecord) -> None:
+        nonlocal warned
+        if warned or not reads:
+            return
+        from paav_cli.text.language import guess_language
+
+        language = guess_language(record.prompt)
+        if language and language not in reads:
+            warned = True
+            which = "this prompt" if single else f"prompt {show(record.id)}"
+            warn(f"{which} looks {language}, but the {booster.entry.name} booster reads {' and '.join(reads)} "
+                 f"and may change or drop its meaning; write it in {reads[0]}, or use a booster that reads "
+                 f"{language} (README, \"Prompts in other languages\")" + ("." if single else "; said once."))
+
+    return check
 
 
 def single_prompt(prompt: str) -> list[PromptRecord]:

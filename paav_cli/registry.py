@@ -150,6 +150,9 @@ class BoosterEntry(ModelEntry):
     format: Literal["gguf", "hf"] = "gguf"
     context: int = 2048
     lora: str | None = None  # a GGUF LoRA adapter llama.cpp applies on this GGUF at load time
+    # The languages it was trained to read (empty: not said); `paav enhance` warns, once, about a
+    # prompt plainly in another one (text/language.py).
+    languages: list[str] = []
 
 
 class MutatorEntry(ModelEntry):
