@@ -419,8 +419,26 @@ def _load_recipe(name: str):
     from paav_cli.recipe import load_recipe
 
     recipe = load_recipe(name)
-    provide_recipe_models(recipe)
+    if recipe.models.generator and recipe.models.rewards:
+        provide_recipe_models(recipe)
+    else:  # a text-side recipe (no generator): the models its training stages name
+        _provide_training_models(recipe)
     return recipe
+
+
+def _provide_training_models(recipe) -> None:
+    """The tiny test models among the base, the sampling booster and the start booster; a stage that
+    needs a generator the recipe lacks says so itself (`check_models`)."""
+    from paav_cli.provision import provide
+    from paav_cli.registry import Registry
+
+    reg = Registry.load()
+    named = [(recipe.sft.base, "base_llms"), (recipe.rank.booster, "boosters"), (recipe.dpo.start, "boosters")]
+    for name, role in named:
+        entry = reg.entries.get(name) if name else None
+        if entry is not None and entry.role == role and entry.source_kind == "builder":
+            provide(entry, reg)
+
 
 def _with_quant(loaded, section: str, quant: Quant):
     if quant == Quant.recipe:
@@ -454,7 +472,8 @@ def rank(
     round: int = typer.Option(1, "--round", min=1, help="1: sample from the SFT model; N: from DPO round N-1's."),
     as_json: bool = typer.Option(False, "--json", help=JSON_RESULT),
 ) -> None:
-    """Sample k rewrites per prompt from the booster, render and score them, pair them: RUN/rank/triples.jsonl."""
+    """Sample k rewrites per prompt from the booster, score them (video rewards: rendered; text rewards: from
+    the text, no GPU), pair them: RUN/rank/triples.jsonl."""
     from paav_cli.train.rank import run_rank
 
     _print_result(run_rank(prompts, _load_recipe(recipe), run, round=round), as_json)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from paav_cli.errors import UserError
 from paav_cli.registry import Registry
@@ -28,8 +28,10 @@ class Section(BaseModel):
 
 
 class Models(Section):
-    generator: str
-    rewards: list[str] = Field(min_length=1)
+    # Needed by the stages that render and score videos (evolve, eval, a rank with video rewards);
+    # a recipe that ranks with text rewards only (`[rank] rewards`) may name neither.
+    generator: str | None = None
+    rewards: list[str] = []
     mutator: str = "gpt-4o"
 
 
@@ -99,17 +101,65 @@ class Sft(Section):
 
 
 class Rank(Section):
-    """DPO data: sample k rewrites per prompt from the SFT model, render, score, pair."""
+    """DPO data: sample k rewrites per prompt from the model being trained, score them, pair them.
 
+    Scored by the video rewards of [models] (rendered by its generator: the paper), or, when
+    `rewards` names text rewards (rewards/text.py), from the text alone: nothing is rendered, and
+    no generator, GPU or torch is needed to score."""
+
+    # [] (default): the video rewards of [models]; else text rewards: faithfulness, detail, budget.
+    rewards: list[str] = []
+    # Text rewards' weights in the combined score; a reward not listed weighs as in the `text` preset.
+    weights: dict[str, float] = {}
+    target: str | None = None  # the generator whose text-encoder budget `budget` reads (default: [models])
+    detail_words: int = Field(60, ge=1)  # `detail` is 1 from this many added words on
+    # hf: transformers on the merged model (chat format); gguf: llama.cpp on the base's GGUF with the
+    # round's LoRA (much faster on a CPU; needs [dpo] adapter = "continue" for rounds after the first).
+    sampler: Literal["hf", "gguf"] = "hf"
+    booster: str | None = None  # gguf: the registered booster whose GGUF is the [sft] base (default: its from_gguf)
     samples: int = Field(5, ge=2)
     temperature: float = Field(1.0, ge=0, le=2)  # the released sampling: 1.0, top_p 1.0, top_k 50
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(50, ge=0)
     max_tokens: int = Field(256, gt=0)
-    pairing: Literal["best-worst", "released"] = "best-worst"  # paper | the released filter
-    margin: float = 1.4  # released: pairs need a score margin above this
+    pairing: Literal["best-worst", "released"] = "best-worst"  # paper | the released filter (video rewards)
+    # Pairs need a combined-score margin above this. Default: 1.4 for the released filter, 0 for best-worst.
+    margin: float | None = None
     max_words: int = Field(130, ge=1)  # released: chosen prompts over this many words are dropped
     seed: int = 0
+
+    @field_validator("rewards")
+    @classmethod
+    def _text_rewards(cls, names: list[str]) -> list[str]:
+        from paav_cli.rewards.text import TEXT_REWARDS
+
+        for name in names:
+            if name not in TEXT_REWARDS:
+                raise ValueError(f"{name!r} is not a text reward (choose from {', '.join(TEXT_REWARDS)}); "
+                                 "video rewards go in [models] rewards")
+        if len(set(names)) != len(names):
+            raise ValueError("a reward is listed twice")
+        return names
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rank:
+        unknown = sorted(set(self.weights) - set(self.rewards))
+        if unknown:
+            raise ValueError(f"weights for {', '.join(unknown)}, which rewards does not list")
+        if self.rewards and self.pairing == "released":
+            raise ValueError('the released pairing gates video scores; use pairing = "best-worst" with text rewards')
+        return self
+
+    @property
+    def text(self) -> bool:
+        """Whether this rank scores with text rewards (nothing rendered)."""
+        return bool(self.rewards)
+
+    def min_margin(self, pairing: str | None = None) -> float:
+        """The margin a pair needs: `margin`, else 1.4 for the released filter and 0 for best-worst."""
+        if self.margin is not None:
+            return self.margin
+        return 1.4 if (pairing or self.pairing) == "released" else 0.0
 
 
 class Dpo(Section):
@@ -127,8 +177,26 @@ class Dpo(Section):
     max_length: int = Field(1024, ge=16)
     max_prompt_length: int = Field(512, ge=8)
     gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
-    lora: Lora = Lora(r=16, alpha=16, targets=ALL_PROJECTIONS)
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"  # as [sft] dtype
+    # new: a fresh LoRA (`lora`) on the merged starting model, the reference being that model (released);
+    # continue: DPO trains the starting adapter itself, the reference a frozen copy of it, so each round
+    # is one LoRA on the base (exported with `paav export --lora`, sampled through llama.cpp).
+    adapter: Literal["new", "continue"] = "new"
+    # Round 1's starting adapter: "sft" (RUN/sft, from `paav sft`), or a registered booster whose GGUF LoRA
+    # is it ("default": the shipped adapter), converted into RUN/start once. Rank samples from it too.
+    start: str = "sft"
+    # The start booster's adapter file must have this sha256: a recipe keeps beginning where it was
+    # written to begin even after that booster's shipped adapter is replaced (by this DPO's, say).
+    start_sha256: str | None = None
+    checkpoint_every: int = Field(0, ge=0)  # optimizer steps between checkpoints (a rerun resumes); 0: none
+    lora: Lora = Lora(r=16, alpha=16, targets=ALL_PROJECTIONS)  # adapter = "new" only
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _start(self) -> Dpo:
+        if self.start != "sft" and self.adapter != "continue":
+            raise ValueError(f'start = "{self.start}" (a booster\'s adapter) needs adapter = "continue"')
+        return self
 
 
 class Pipeline(Section):
@@ -146,7 +214,7 @@ class Pipeline(Section):
 class Recipe(Section):
     name: str = ""
     description: str = ""
-    models: Models
+    models: Models = Models()
     render: Render = Render()
     scores: Scores = Scores()
     evolve: Evolve = Evolve()
@@ -210,33 +278,107 @@ def _fields_at(loc: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Checks before a stage starts
 
-# The recipe's models each stage loads; export and dpo load only what earlier stages trained.
+# The recipe's models each stage loads; export and dpo load only what earlier stages trained (dpo
+# also a booster's adapter it starts from). A rank with text rewards: see stage_roles.
 STAGE_MODELS = {
     "evolve": ("generator", "rewards", "mutator"),
     "sft": ("base",),
     "rank": ("generator", "rewards"),
+    "dpo": ("start",),
     "eval": ("generator", "rewards"),
+}
+# What a stage needs a generator for, in the sentence that says it has none.
+_RENDERS = {
+    "evolve": "evolve renders every candidate",
+    "rank": "rank renders its samples to score them with video rewards",
+    "eval": "a full eval renders every method's rewrites",
 }
 
 
-def check_models(recipe: Recipe, reg: Registry | None = None, *, stages: Iterable[str] = ("evolve",)) -> None:
-    """Every model of the recipe that `stages` will load, looked up now, so that a mistyped name stops
-    a command before it renders, trains or records anything."""
+def stage_roles(recipe: Recipe, stage: str) -> tuple[str, ...]:
+    """The kinds of model `stage` ("evolve", "rank", "dpo-2", ...) loads with this recipe."""
+    name = stage.split("-")[0]
+    if name == "rank" and recipe.rank.text:
+        return ("base", "start", *(("booster",) if recipe.rank.sampler == "gguf" else ()),
+                *(("target",) if "budget" in recipe.rank.rewards else ()))
+    return STAGE_MODELS.get(name, ())
+
+
+def check_models(recipe: Recipe, reg: Registry | None = None, *, stages: Iterable[str] = ("evolve",)) -> list:
+    """Every model of the recipe that `stages` will load, looked up now, so that a mistyped name (or a
+    stage whose model the recipe does not name) stops a command before it renders, trains or records
+    anything. Returns the registry entries looked up."""
     from paav_cli.rewards import check_scorable
     from paav_cli.rewards.presets import get_preset
 
     reg = reg or Registry.load()
-    roles = {role for stage in stages for role in STAGE_MODELS.get(stage.split("-")[0], ())}
-    if "generator" in roles:
-        reg.get(recipe.models.generator, "generators")
-    if "rewards" in roles:
-        for name in recipe.models.rewards:
-            check_scorable(reg.get(name, "rewards"))
-        get_preset(recipe.scores.preset)
-    if "mutator" in roles:
-        reg.get(recipe.models.mutator, "mutators")
-    if "base" in roles:
-        reg.get(recipe.sft.base, "base_llms")
+    stages = list(stages)
+    found = []
+    for stage in stages:
+        roles = stage_roles(recipe, stage)
+        name = stage.split("-")[0]
+        if "generator" in roles:
+            if not recipe.models.generator:
+                raise UserError(_no_model(recipe, name, "generator", "generators"))
+            found.append(reg.get(recipe.models.generator, "generators"))
+        if "rewards" in roles:
+            if not recipe.models.rewards:
+                raise UserError(_no_model(recipe, name, "rewards", "rewards"))
+            for reward in recipe.models.rewards:
+                found.append(reg.get(reward, "rewards"))
+                check_scorable(found[-1])
+            get_preset(recipe.scores.preset)
+        if "mutator" in roles:
+            found.append(reg.get(recipe.models.mutator, "mutators"))
+        if "base" in roles:
+            found.append(reg.get(recipe.sft.base, "base_llms"))
+        if "start" in roles and recipe.dpo.start != "sft":
+            found.append(start_booster(recipe, reg))
+        if "booster" in roles:
+            found.append(sampler_booster(recipe, reg))
+        if "target" in roles:
+            target = recipe.rank.target or recipe.models.generator
+            if not target:
+                raise UserError(f"recipe {recipe.name!r} ranks with the budget reward but names no target generator; "
+                                'set [rank] target = "NAME" (a generator of `paav models list --role generators`).')
+            found.append(reg.get(target, "generators"))
+    return list({e.name: e for e in found}.values())
+
+
+def _no_model(recipe: Recipe, stage: str, key: str, role: str) -> str:
+    what = "no generator" if key == "generator" else "no video rewards"
+    why = _RENDERS.get(stage, f"{stage} renders videos")
+    text = ' or rank with text rewards ([rank] rewards = ["faithfulness", "detail", "budget"])' if stage == "rank" else ""
+    return (f"recipe {recipe.name or recipe.path!r} names {what} in [models], and {why}; add {key} = ... to "
+            f"[models] (`paav models list --role {role}`){text}, or use a recipe for a generator.")
+
+
+def start_booster(recipe: Recipe, reg: Registry):
+    """The registered booster whose GGUF LoRA is round 1's adapter ([dpo] start), checked."""
+    entry = reg.get(recipe.dpo.start, "boosters")
+    if not entry.lora:
+        raise UserError(f"booster {entry.name!r} has no LoRA adapter for [dpo] start to begin from; "
+                        'name a booster with one (`default`), or start = "sft" to begin from RUN/sft.')
+    return entry
+
+
+def sampler_booster(recipe: Recipe, reg: Registry):
+    """The registered booster whose GGUF is the [sft] base: what the gguf sampler runs the LoRA on."""
+    name = recipe.rank.booster
+    if name is None:
+        if recipe.dpo.start != "sft":
+            return reg.get(recipe.dpo.start, "boosters")
+        name = reg.get(recipe.sft.base, "base_llms").from_gguf
+    if name is None:
+        raise UserError(f'[rank] sampler = "gguf" runs the [sft] base {recipe.sft.base!r} as a GGUF, and it is not '
+                        "dequantised from one; set [rank] booster to a registered booster whose GGUF is that model.")
+    return reg.get(name, "boosters")
+
+
+_LATER_DEFAULTS = {
+    "rank": ("rewards", "weights", "target", "detail_words", "sampler", "booster"),
+    "dpo": ("dtype", "adapter", "start", "start_sha256", "checkpoint_every"),
+}
 
 
 def recipe_hash(recipe: Recipe) -> str:
@@ -244,6 +386,13 @@ def recipe_hash(recipe: Recipe) -> str:
     over); every mutator a run used is listed in its manifest."""
     data = recipe.model_dump(exclude={"path", "name", "description"})
     data["models"].pop("mutator")
+    # Settings added after runs were made hash as before while at their defaults, so those runs resume.
+    for section, defaults in _LATER_DEFAULTS.items():
+        for key in defaults:
+            if data[section].get(key) == getattr(type(getattr(recipe, section))(), key, None):
+                data[section].pop(key)
+    if data["rank"].get("margin", 0) is None:  # was 1.4: the released filter's margin, ignored by best-worst
+        data["rank"]["margin"] = 1.4
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

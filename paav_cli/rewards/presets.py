@@ -1,7 +1,8 @@
 """Normalisation and weighting presets: how the 7 reward dimensions become one number.
 
 Three presets reproduce the method (../METHOD.md): the paper's "normalise to the same scale and
-sum", the released evolution formula and the released DPO filter. Every score record carries the
+sum", the released evolution formula and the released DPO filter. A fourth, `text`, weighs the
+text-side rewards of `rewards/text.py` (ranking DPO data without a generator). Every score record carries the
 preset's name and its full definition, so a run can always say how its numbers were made.
 """
 
@@ -62,6 +63,12 @@ PRESETS = {
         description="Released DPO filter: VQ + TC + FC + 1.1 DD + 1.3 TVA + 0.8 AES + MPS/3 on raw scores, with gates",
         weights={"VQ": 1.0, "TC": 1.0, "FC": 1.0, "DD": 1.1, "TVA": 1.3, "AES": 0.8, "MPS": 1 / 3},
         gates={"VQ": 2.6, "TC": 2.6, "FC": 2.55, "AES": 5.5, "TVA": 2.9, "MPS": 8.5, "DD": 2.65},
+    ),
+    # Text rewards (rewards/text.py), for `paav rank` without a generator: each in [0, 1].
+    "text": Preset(
+        name="text",
+        description="Text rewards: 2 x faithfulness + detail + budget, each in [0, 1] (rank without a generator)",
+        weights={"faithfulness": 2.0, "detail": 1.0, "budget": 1.0},
     ),
 }
 DEFAULT_PRESET = "paper"
