@@ -342,3 +342,24 @@ def test_existing_round_from_another_recipe_is_refused(tmp_path):
     (out / "manifest.json").write_text(json.dumps({"recipe": same, "triples_sha256": "0" * 64}))
     with pytest.raises(UserError, match="add --force"):
         run_dpo(path, recipe, tmp_path / "run", sft_model=fake_model(tmp_path / "sft"))
+
+
+def test_completion_rows_are_the_token_sequence_sft_trained_on():
+    """The completion format (the default booster's): trl's plain-text rows tokenize to exactly what
+    train/chat.py built for SFT (prompt up to "Description:", the answer, EOS), and long prompts are cut."""
+    from transformers import AutoTokenizer
+    from trl.data_utils import _tokenize
+
+    from paav_cli.train.chat import _completion_ids
+    from paav_cli.train.dpo import build_dataset, fit_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama())
+    triples = [{"prompt": "a cat on a sofa", "chosen": "A cat on a sofa. Warm  light falls on it.", "rejected": "cat"}]
+    [row] = build_dataset(triples, ["a cat on a sofa"], "completion").to_list()
+    prompt, full = _completion_ids(tokenizer, "a cat on a sofa", triples[0]["chosen"])
+    assert _tokenize(tokenizer, row["prompt"])["input_ids"] == prompt
+    assert _tokenize(tokenizer, row["prompt"] + row["chosen"] + tokenizer.eos_token)["input_ids"] == full
+    long = "a red fox jumps over a lazy dog in the snowy forest " * 20
+    limit = len(tokenizer(build_dataset(triples, [""], "completion")[0]["prompt"])["input_ids"]) + 10
+    fitted, shortened = fit_prompts(tokenizer, ["a cat", long], limit, "completion")
+    assert shortened == 1 and fitted[0] == "a cat" and long.startswith(fitted[1])
