@@ -171,6 +171,10 @@ def enhance(
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the output file afresh instead of resuming it."),
     parallel: int = typer.Option(32, "--parallel", min=1, max=64, help="Prompts decoded together in one batch."),
     lora: str | None = typer.Option(None, "--lora", help="A GGUF LoRA adapter to apply on the booster (paav export --lora)."),
+    best_of: int = typer.Option(
+        1, "--best-of", min=1, max=16,
+        help="Sample K draws of each variant together and keep the one read as most faithful to the prompt.",
+    ),
 ) -> None:
     """Enhance one prompt, or every prompt of a file (resumable: rerun to continue)."""
     from paav_cli import enhance_files as lib
@@ -181,9 +185,9 @@ def enhance(
         raise UserError("give either a prompt or -i FILE (not both); e.g. paav enhance \"a cat playing piano\".")
     opts = lib.EnhanceOptions(
         model=model, n=n, seed=seed, temperature=temperature, max_tokens=max_tokens,
-        threads=threads, target=target, negative=negative, parallel=parallel, lora=lora,
+        threads=threads, target=target, negative=negative, parallel=parallel, lora=lora, best_of=best_of,
     )
-    server = os.environ.get(lib.SERVER_ENV)
+    server = os.environ.get(lib.SERVER_ENV) if best_of == 1 else None  # the server decodes one draw per variant
     with _resumable("finished records are"):
         summary = None
         if server and prompt is not None and not output:  # only the decode, when a server answers

@@ -28,6 +28,8 @@ from paav_cli.text.formats import BoosterRequest, build_request
 from paav_cli.text.templates import NEGATIVE_PROMPT
 
 RETRY_SEED_OFFSET = 1_000_003  # the retry's seed: far from the seeds of neighbouring variants
+DRAW_SEED_STRIDE = 10_007  # --best-of's draw d of a variant decodes with its seed + d x this
+MAX_BEST_OF = 16
 # Variants need sampling; a single rewrite is greedy by default because, read strictly, greedy
 # rewrites of the few-shot booster kept the user's scene twice as often (10 of the first 20 VBench
 # test prompts, against 5 of 20 sampled at 0.8).
@@ -62,6 +64,7 @@ class Enhancement:
     target_tokens: int | None = None
     target_limit: int | None = None
     trimmed: bool = False
+    faithfulness: float | None = None  # with best_of: the faithfulness scorer's score of the chosen draw
 
     def __str__(self) -> str:
         return self.text
@@ -77,16 +80,22 @@ class Settings:
     max_tokens: int
     target: str | None
     negative: bool
+    best_of: int = 1
 
     @classmethod
     def resolve(cls, *, n: int = 1, seed: int | None = None, temperature: float | None = None,
-                max_tokens: int = 200, target: str | None = None, negative: bool = False) -> Settings:
+                max_tokens: int = 200, target: str | None = None, negative: bool = False,
+                best_of: int = 1) -> Settings:
         if n < 1:
             raise UserError(f"n must be 1 or more (got {n}).")
+        if not 1 <= best_of <= MAX_BEST_OF:
+            raise UserError(f"best_of must be between 1 and {MAX_BEST_OF} (got {best_of}).")
         if temperature is None:
-            temperature = 0.0 if n == 1 else DEFAULT_TEMPERATURE
+            temperature = 0.0 if n == 1 and best_of == 1 else DEFAULT_TEMPERATURE
+        if best_of > 1 and temperature == 0:
+            raise UserError("best_of needs sampling: greedy draws are all the same; give a temperature above 0.")
         return cls(n=n, seed=random.randrange(2**31) if seed is None else seed, temperature=temperature,
-                   max_tokens=max_tokens, target=target or None, negative=negative)
+                   max_tokens=max_tokens, target=target or None, negative=negative, best_of=best_of)
 
 
 @dataclass
@@ -140,19 +149,22 @@ class Booster:
     # -- the API ---------------------------------------------------------------------------
 
     def enhance(self, prompt: str, *, n: int = 1, seed: int | None = None, temperature: float | None = None,
-                target: str | None = None, negative: bool = False, max_tokens: int = 200) -> list[Enhancement]:
+                target: str | None = None, negative: bool = False, max_tokens: int = 200,
+                best_of: int = 1) -> list[Enhancement]:
         """`n` enhanced variants of one prompt (variant i decodes with seed + i).
 
         seed: None draws one; temperature: None is greedy for one variant and 0.8 for several;
         target: a registered generator whose text-encoder budget the text must fit;
-        negative: also give the generic negative prompt the paper's generators use.
+        negative: also give the generic negative prompt the paper's generators use;
+        best_of: sample this many draws of each variant, decoded together, and keep the one the
+        faithfulness scorer (text/faithfulness.py) reads best.
         """
         return list(self.enhance_many([prompt], n=n, seed=seed, temperature=temperature, target=target,
-                                      negative=negative, max_tokens=max_tokens))
+                                      negative=negative, max_tokens=max_tokens, best_of=best_of))
 
     def enhance_many(self, prompts: Iterable[str | PromptRecord], *, n: int = 1, seed: int | None = None,
                      temperature: float | None = None, target: str | None = None, negative: bool = False,
-                     max_tokens: int = 200) -> Iterator[Enhancement]:
+                     max_tokens: int = 200, best_of: int = 1) -> Iterator[Enhancement]:
         """Enhancements of every prompt, in input order (each prompt's `n` variants together).
 
         Prompts are decoded together in batches of up to `parallel` sequences (a lazy iterable is
@@ -160,10 +172,11 @@ class Booster:
         prompt gets the same seed, as `paav enhance -i` gives every line of a file.
         """
         settings = Settings.resolve(n=n, seed=seed, temperature=temperature, max_tokens=max_tokens,
-                                    target=target, negative=negative)
+                                    target=target, negative=negative, best_of=best_of)
         records = (prompt_record(i, p) for i, p in enumerate(prompts, 1))
         jobs = iter_jobs(records, settings.n, settings.seed)
-        while part := list(islice(jobs, self.model.max_parallel)):
+        # a batch of jobs fills the batch of sequences: with best_of, each job is that many of them
+        while part := list(islice(jobs, max(1, self.model.max_parallel // settings.best_of))):
             done: dict[int, Enhancement] = {}
             self.run(part, settings, lambda job, result, done=done: done.__setitem__(job.index, result))
             yield from (done[job.index] for job in part)
@@ -175,6 +188,8 @@ class Booster:
         Jobs are taken and tokenised one batch at a time, so memory does not grow with their number.
         """
         budget = self.budget(settings.target)
+        if settings.best_of > 1:
+            jobs, on_result = _best_of(jobs, settings.best_of, on_result)
         jobs = iter(jobs)
         while part := list(islice(jobs, self.model.max_parallel)):
             prepared = [self.request(job.record.prompt) for job in part]
@@ -228,6 +243,36 @@ class Booster:
             return None
         n = len(self.model.encode_prompt(text))
         return n if n > room else None
+
+
+def _best_of(jobs: Iterable[Job], k: int, on_result: Callable[[Job, Enhancement], None]):
+    """Each job as `k` draws (seeds DRAW_SEED_STRIDE apart, decoded in the same batches), and a
+    callback that gives `on_result` the draw the faithfulness scorer reads best once all `k` are in:
+    the highest score, then the most sentences that come back to the prompt, then the first drawn;
+    a draw that fell back only when all did."""
+    from paav_cli.text.faithfulness import read_faithfulness
+
+    parents: dict[int, tuple[Job, list[tuple[int, Enhancement]]]] = {}
+
+    def draws() -> Iterator[Job]:
+        for job in jobs:
+            parents[job.index] = (job, [])
+            for d in range(k):
+                yield Job(index=job.index * k + d, record=job.record, variant=job.variant,
+                          seed=job.seed + d * DRAW_SEED_STRIDE)
+
+    def collect(draw: Job, result: Enhancement) -> None:
+        job, done = parents[draw.index // k]
+        done.append((draw.index % k, result))
+        if len(done) < k:
+            return
+        del parents[job.index]
+        readings = {d: read_faithfulness(job.record.prompt, r.text) for d, r in done}
+        d, best = max(done, key=lambda dr: (not dr[1].fallback, readings[dr[0]].score, readings[dr[0]].anchored,
+                                            -dr[0]))
+        on_result(job, replace(best, faithfulness=readings[d].score))
+
+    return draws(), collect
 
 
 def load_booster(model: str = "default", *, threads: int | None = None, lora: str | None = None,

@@ -54,6 +54,7 @@ class EnhanceOptions:
     negative: bool = False
     parallel: int = 32
     lora: str | None = None  # a GGUF LoRA adapter applied on the booster at load time
+    best_of: int = 1  # draws per variant, the faithfulness scorer keeps the best (Booster.enhance)
 
 
 
@@ -74,6 +75,8 @@ def to_record(job: Job, result: Enhancement) -> dict:
     if result.target is not None:
         record.update(target=result.target, target_tokens=result.target_tokens, target_limit=result.target_limit,
                       trimmed=result.trimmed)
+    if result.faithfulness is not None:
+        record["faithfulness"] = result.faithfulness
     return record
 
 
@@ -82,6 +85,7 @@ def output_columns(extras: list[str], opts: EnhanceOptions) -> list[str]:
     ours += ["negative_prompt"] if opts.negative else []
     ours += ["fallback", "fallback_reason", "tokens", "seconds"]
     ours += ["target", "target_tokens", "target_limit", "trimmed"] if opts.target else []
+    ours += ["faithfulness"] if opts.best_of > 1 else []
     return extras + [c for c in ours if c not in extras]
 
 
@@ -115,7 +119,8 @@ def _resume_point(output: str | None, jobs: Iterable[Job], total: int) -> int:
 
 # What changes the text of a record, with the option that sets it.
 SETTINGS = {"model": "-m", "seed": "--seed", "n": "-n", "temperature": "--temperature",
-            "max_tokens": "--max-tokens", "target": "--target", "negative": "--negative", "lora": "--lora"}
+            "max_tokens": "--max-tokens", "target": "--target", "negative": "--negative", "lora": "--lora",
+            "best_of": "--best-of"}
 
 
 def _settings(opts: EnhanceOptions) -> dict:
@@ -191,7 +196,7 @@ def enhance_records(records, output, opts, *, as_json=False, overwrite=False, wa
     `opts` is left as the caller gave it."""
     opts = replace(opts)
     if opts.temperature is None:
-        opts.temperature = 0.0 if opts.n == 1 else DEFAULT_TEMPERATURE
+        opts.temperature = 0.0 if opts.n == 1 and opts.best_of == 1 else DEFAULT_TEMPERATURE
     if opts.target:
         registry.Registry.load().get(opts.target, "generators")  # an unknown target stops before the model loads
     if output:
@@ -275,7 +280,8 @@ def _run(booster, records, output, opts, start, leave_out, summary, *, as_json, 
     pending = summary["jobs"] - start
     progress = progress_factory(pending) if progress_factory else None  # None: no bar
     settings = Settings.resolve(n=opts.n, seed=opts.seed, temperature=opts.temperature,
-                                max_tokens=opts.max_tokens, target=opts.target, negative=opts.negative)
+                                max_tokens=opts.max_tokens, target=opts.target, negative=opts.negative,
+                                best_of=opts.best_of)
     foreign = _language_warning(booster, warn, single=isinstance(records, list) and len(records) == 1)
     if isinstance(records, list):  # said before the decode when the prompts are at hand
         for record in records:

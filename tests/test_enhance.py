@@ -11,6 +11,7 @@ import time
 import pytest
 from conftest import assert_user_error, paav, paav_process, user_models
 
+from paav_cli.errors import UserError
 from paav_cli.testing.tiny_gguf import EXPECTED_CONTINUATIONS
 from paav_cli.text.budget import ApproxCounter
 from paav_cli.text.templates import NEGATIVE_PROMPT
@@ -286,3 +287,77 @@ def test_batches_show_a_progress_bar_on_a_terminal_only(tmp_path):
     assert on_terminal.returncode == 0 and "3/3" in on_terminal.stderr and "prompts/s" in on_terminal.stderr
     piped = paav("-m", "tiny", "-i", "in.txt", "-o", "b.jsonl")
     assert "prompts/s" not in piped.stderr
+
+
+# -- best of K -----------------------------------------------------------------------------------
+
+
+def test_best_of_keeps_the_draw_the_faithfulness_scorer_reads_best(tiny_models, shared_cache, monkeypatch):
+    """Each variant is K draws (seeds DRAW_SEED_STRIDE apart, in one batch); the kept one is the
+    highest-scored draw, it is reproducible, and it carries its score."""
+    from paav_cli import load_booster
+    from paav_cli.enhance import DRAW_SEED_STRIDE
+    from paav_cli.text import faithfulness
+
+    monkeypatch.setenv("PAAV_CACHE", str(shared_cache))
+    prompt = "a dog running on the beach"
+    with load_booster("tiny", threads=1) as booster:
+        draws = [booster.enhance(prompt, seed=5 + d * DRAW_SEED_STRIDE, temperature=0.8)[0] for d in range(4)]
+        scores = [faithfulness.read_faithfulness(prompt, e.text).score for e in draws]
+        best = booster.enhance(prompt, seed=5, temperature=0.8, best_of=4)
+        again = booster.enhance(prompt, seed=5, temperature=0.8, best_of=4)
+        two = booster.enhance(prompt, n=2, seed=5, best_of=3)
+    assert len(best) == 1 and best[0].text == again[0].text
+    assert best[0].faithfulness == max(scores)
+    first_best = next(e for e, s in zip(draws, scores) if s == max(scores))
+    assert (best[0].text, best[0].seed) == (first_best.text, first_best.seed)
+    assert [e.variant for e in two] == [0, 1] and all(e.faithfulness is not None for e in two)
+    assert two[0].temperature == 0.8  # best_of samples: it is not greedy by default
+
+
+def test_best_of_keeps_the_highest_score_then_the_most_anchored_and_never_a_fallback():
+    """_best_of on draws whose texts the real scorer reads differently (no model: the choice alone)."""
+    from paav_cli.enhance import DRAW_SEED_STRIDE, Enhancement, Job, _best_of
+    from paav_cli.prompt_files import PromptRecord
+
+    prompt = "a dog running on the beach at night"
+    texts = [
+        f"{prompt}. Sunlight floods the sand as its owner throws a stick.",  # two problems
+        f"{prompt}. The dog runs along the dark shore under the moon.",  # faithful
+        f"{prompt}. Waves roll in. Stars glitter over the sea.",  # faithful, less anchored
+        f"{prompt}.",  # a fallback: never chosen while another draw exists
+    ]
+    job = Job(index=0, record=PromptRecord(id=1, prompt=prompt), variant=0, seed=7)
+    kept = []
+    draws, collect = _best_of([job], 4, lambda j, r: kept.append((j, r)))
+    subs = list(draws)
+    assert [d.seed for d in subs] == [7 + d * DRAW_SEED_STRIDE for d in range(4)]
+    for d, sub in reversed(list(enumerate(subs))):  # results come back in any order
+        collect(sub, Enhancement(prompt=prompt, text=texts[d], model="m", seed=sub.seed, temperature=0.8,
+                                 fallback=d == 3))
+    assert len(kept) == 1 and kept[0][0] is job
+    assert kept[0][1].text == texts[1] and kept[0][1].seed == 7 + DRAW_SEED_STRIDE and kept[0][1].faithfulness == 1.0
+
+
+def test_best_of_bad_values_get_one_sentence():
+    from paav_cli.enhance import Settings
+
+    with pytest.raises(UserError, match="between 1 and 16"):
+        Settings.resolve(best_of=17)
+    with pytest.raises(UserError, match="needs sampling"):
+        Settings.resolve(best_of=3, temperature=0.0)
+
+
+def test_paav_enhance_best_of_writes_the_score_and_resumes_only_with_it(tiny_models, shared_cache, tmp_path):
+    env = {"PAAV_CACHE": str(shared_cache)}
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat playing piano\na red car in the rain\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    done = paav("-i", str(prompts), "-o", str(out), "-m", "tiny", "--best-of", "3", "--seed", "4", env=env)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2 and all(0 <= r["faithfulness"] <= 1 for r in records)
+    other = paav("-i", str(prompts), "-o", str(out), "-m", "tiny", "--best-of", "2", "--seed", "4", env=env)
+    assert other.returncode == 2 and "--best-of 3 (now 2)" in other.stderr
+    bad = paav("a cat", "-m", "tiny", "--best-of", "3", "--temperature", "0", env=env)
+    assert bad.returncode == 2 and "needs sampling" in bad.stderr and "Traceback" not in bad.stderr

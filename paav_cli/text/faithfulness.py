@@ -41,6 +41,10 @@ CONDITIONS: dict[str, dict[str, set[str]]] = {
         "dusk": {"dusk", "twilight", "sunset", "sundown"},
         "dawn": {"dawn", "sunrise", "daybreak", "morning"},
     },
+    "sun at night": {
+        "night": {"night", "nighttime", "midnight", "moonlit", "moonlight", "nocturnal"},
+        "sun": {"sunlit", "sunlight", "sunshine", "sunny", "daylight", "midday"},
+    },
     "weather": {
         "storm": {
             "storm",
