@@ -62,6 +62,7 @@ class Clock:
 
 
 def instrument(clock: Clock) -> None:
+    from paav_cli.evolve import rewriter
     from paav_cli.llm import mutators
     from paav_cli.rewards import base, scoring
     from paav_cli.video import cache, render
@@ -88,7 +89,10 @@ def instrument(clock: Clock) -> None:
     scoring.load_reward = load_reward
     clock.wrap(mutators.LlamaCppMutator, "__init__", "model: mutator load")
     clock.wrap(mutators.LlamaCppMutator, "generate", "model: mutator generate")
-    clock.wrap(mutators.LlamaCppMutator, "rewrite", "model: mutator rewrite")  # completion boosters sample rewrites
+    # completion and few-shot boosters' GGUFs sample rewrites
+    clock.wrap(rewriter.BoosterRewriter, "__init__", "model: mutator load")
+    clock.wrap(rewriter.BoosterRewriter, "generate", "model: mutator generate")
+    clock.wrap(rewriter.BoosterRewriter, "rewrite", "model: mutator rewrite")
 
 
 def main() -> None:

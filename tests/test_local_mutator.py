@@ -13,6 +13,7 @@ from conftest import user_models
 from test_evolve import content, journal, own_caches, write_recipe, write_sources
 
 from paav_cli.evolve import evolve_run
+from paav_cli.evolve.rewriter import BoosterRewriter, load_evolution_mutator
 from paav_cli.evolve.select import top_candidates
 from paav_cli.evolve.state import EvolveState
 from paav_cli.llm.mutators import LlamaCppMutator, load_mutator
@@ -36,12 +37,12 @@ def per_iteration(records: list[dict]) -> dict[tuple[str, int], int]:
 
 
 class RewriteCalls:
-    """Records every `LlamaCppMutator.rewrite` call as (source prompt, prompts to rewrite); with
+    """Records every `BoosterRewriter.rewrite` call as (source prompt, prompts to rewrite); with
     `fail_for`, the first call for that source prompt crashes."""
 
     def __init__(self, monkeypatch, fail_for: str | None = None):
         self.asked: list[tuple[str, list[str]]] = []
-        real = LlamaCppMutator.rewrite
+        real = BoosterRewriter.rewrite
 
         def rewrite(mutator, prompts, original, **kw):
             self.asked.append((original, list(prompts)))
@@ -49,7 +50,7 @@ class RewriteCalls:
                 raise RuntimeError("mutator crashed")
             return real(mutator, prompts, original, **kw)
 
-        monkeypatch.setattr(LlamaCppMutator, "rewrite", rewrite)
+        monkeypatch.setattr(BoosterRewriter, "rewrite", rewrite)
 
 
 def registered_path(name: str) -> Path:
@@ -93,7 +94,7 @@ path = "{registered_path('tiny-chat')}"
 """)
     for name, fmt, adapter in (("default-gguf", "completion", True), ("my-base", "completion", True),
                                ("plain-base", "fewshot", False), ("fewshot-file", "fewshot", False)):
-        mutator = load_mutator(name)
+        mutator = load_evolution_mutator(name)
         try:
             assert mutator.proposes_rewrites, name
             assert mutator.booster.entry.prompt_format == fmt, name
@@ -102,15 +103,27 @@ path = "{registered_path('tiny-chat')}"
             mutator.close()
     # Chat mutators: a chat booster's file, and a GGUF with a chat template that no booster uses.
     for name in ("chat-file", "tiny-mutator"):
-        mutator = load_mutator(name)
+        mutator = load_evolution_mutator(name)
         try:
             assert not mutator.proposes_rewrites and mutator.model.chat_template, name
         finally:
             mutator.close()
 
 
-def test_rewrites_open_with_the_source_and_depend_only_on_their_seeds():
+def test_outside_evolution_a_boosters_gguf_is_a_plain_mutator_with_that_boosters_adapter():
+    """`paav eval` loads mutators with `load_mutator`: `default-gguf` answers the instruction as a
+    transcript, on the GGUF loaded as the `default` booster loads it (its adapter and context)."""
     mutator = load_mutator("default-gguf")
+    try:
+        assert isinstance(mutator, LlamaCppMutator) and not mutator.proposes_rewrites
+        assert mutator.model.chat_template is None and mutator.model._lora is not None
+        assert mutator.model.max_context == 2048
+    finally:
+        mutator.close()
+
+
+def test_rewrites_open_with_the_source_and_depend_only_on_their_seeds():
+    mutator = load_evolution_mutator("default-gguf")
     try:
         best = ("A fox in the snow. It trots across a frozen meadow at dawn, its red fur bright against the "
                 "white ground. Medium shot, the camera follows it from the side.")

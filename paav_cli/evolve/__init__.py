@@ -1,7 +1,8 @@
 """`paav evolve`: reward-guided prompt evolution, the data engine that makes SFT pairs.
 
 `evolve_run` sets up the run folder (sources snapshot, manifest) and runs the engine; `merge_runs`
-joins the folders of sharded runs. The engine itself is in engine.py, its state in state.py.
+joins the folders of sharded runs. The engine itself is in engine.py, its state in state.py, and
+the mutator it asks is rewriter.py's `load_evolution_mutator`.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def evolve_run(prompts_path: str, recipe: Recipe, run: str, *, mutator: str | No
     holds. `mutator` overrides the recipe's; `options` sets budgets and concurrency. Returns the
     "evolve" StageResult (status "stopped" when a budget ended it early), also recorded in the run.
     """
-    from paav_cli.llm.mutators import load_mutator
+    from paav_cli.evolve.rewriter import load_evolution_mutator
 
     options = options or EvolveOptions()
     updates = {"models": recipe.models.model_copy(update={"mutator": mutator})} if mutator else {}
@@ -82,7 +83,7 @@ def evolve_run(prompts_path: str, recipe: Recipe, run: str, *, mutator: str | No
         update_manifest(run_dir, recipe=recipe.model_dump(), recipe_hash=recipe_hash(recipe),
                         mutators_used=list(dict.fromkeys([*used, recipe.models.mutator])))
         mark_running(run_dir, "evolve")
-        engine = Evolution(recipe, run_dir, sources, lambda: load_mutator(recipe.models.mutator), options, view)
+        engine = Evolution(recipe, run_dir, sources, lambda: load_evolution_mutator(recipe.models.mutator), options, view)
         stats = engine.run().record()
         return finish(engine, run_dir, stats, stopped=stats.pop("stopped") or None)
 
