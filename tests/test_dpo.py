@@ -363,3 +363,48 @@ def test_completion_rows_are_the_token_sequence_sft_trained_on():
     limit = len(tokenizer(build_dataset(triples, [""], "completion")[0]["prompt"])["input_ids"]) + 10
     fitted, shortened = fit_prompts(tokenizer, ["a cat", long], limit, "completion")
     assert shortened == 1 and fitted[0] == "a cat" and long.startswith(fitted[1])
+
+
+def test_the_cpu_lm_head_keeps_trls_fused_head_contract():
+    """dpo.cpu_lm_head against trl's own fused head on the same batch: the same per-token log-probs,
+    entropy, mean logits and top-1 flags (zero off the answer), and the same gradients."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from paav_cli.train import setup
+    from paav_cli.train.dpo import build_dataset, build_trainer, cpu_lm_head
+
+    base = tiny_llama()
+    tokenizer = setup.load_tokenizer(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    hw = setup.Hardware(device={"kind": "cuda", "name": "test", "bf16": False}, quant="none", bf16=False,
+                        gradient_checkpointing=False)  # "cuda": build_trainer leaves trl's head in place
+    with tempfile.TemporaryDirectory() as out:
+        trainer = build_trainer(model, tokenizer, build_dataset(TRIPLES, [t["prompt"] for t in TRIPLES]),
+                                make_recipe().dpo, hw, Path(out))
+        batch = next(iter(trainer.get_train_dataloader()))
+        kwargs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+        lora = [p for p in trainer.model.parameters() if p.requires_grad]
+        with torch.no_grad():  # a LoRA that does something, so that its gradients are not trivially equal
+            for p in lora:
+                p.add_(torch.randn_like(p) * 0.05)
+        results = []
+        for patch in (False, True):
+            if patch:
+                cpu_lm_head(trainer.model)
+            trainer.model.zero_grad()
+            out = trainer.model(**kwargs, labels=labels, fused_lm_head=True)
+            out.log_probs.sum().backward()
+            results.append((out, [p.grad.clone() for p in lora]))
+    (want, want_grads), (got, got_grads) = results
+    mask = labels[:, 1:] != -100
+    assert torch.equal(got.label_mask, want.label_mask) and torch.equal(got.label_mask, mask)
+    for name in ("log_probs", "entropy", "mean_logits"):
+        assert torch.allclose(getattr(got, name), getattr(want, name), atol=1e-4), name
+        assert not getattr(got, name)[~mask].any(), name
+    assert torch.equal(got.is_top1.bool(), want.is_top1.bool())
+    assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got_grads, want_grads))
+    assert torch.allclose(got.loss, want.loss, atol=1e-5)

@@ -300,8 +300,62 @@ def build_trainer(model, tokenizer, dataset, cfg: Dpo, hw: setup.Hardware, outpu
         )
     except ValueError as e:
         raise UserError(f"DPO could not start ({str(e).splitlines()[0][:200]}); check the [dpo] recipe.") from None
+    if hw.device["kind"] == "cpu":
+        cpu_lm_head(trainer.model)
     setup.attach_progress(trainer, bar)
     return trainer
+
+
+def cpu_lm_head(model, rows_per_chunk: int = 256) -> None:
+    """On a CPU, replace the fused LM head trl puts on the model (`add_fused_lm_head`) with one that keeps
+    to its contract (`model(..., labels=..., fused_lm_head=True)` returns trl's FusedCausalLMOutput:
+    per-token log-probs, entropy, mean logit and top-1 flags, zero where the label is -100) and is
+    several times cheaper there. trl's CPU path scores every position, prompt and padding included, and
+    multiplies each vocabulary tile in float32 (`_addmm_fp32` upcasts the bf16 head weight on every
+    call): with Gemma's 262k-token vocabulary that was most of a DPO step. Here only the answer's
+    positions are scored, in the model's own dtype, `rows_per_chunk` at a time, and softmaxed in float32.
+    """
+    import types
+
+    import torch
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    text = target.config.get_text_config()
+    scaled = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+    if any(getattr(text, key, None) not in (None, 1, 1.0) for key in scaled):
+        return  # logits transformed before the softmax: trl's own head knows how
+    trl_forward = target.forward  # trl's patched forward: the plain one when fused_lm_head is False
+
+    def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
+        if not fused_lm_head or shift_labels is not None or kwargs.get("output_router_logits"):
+            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
+                               num_items_in_batch=num_items_in_batch, **kwargs)
+        kwargs["use_cache"] = False
+        hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        targets = labels[:, 1:]
+        mask = targets != -100
+        rows, wanted = hidden[mask], targets[mask]
+        weight = self.get_output_embeddings().weight
+        parts: dict[str, list] = {"log_probs": [], "entropy": [], "mean_logits": [], "is_top1": []}
+        for start in range(0, rows.shape[0], rows_per_chunk):
+            logits = (rows[start:start + rows_per_chunk] @ weight.t().to(rows.dtype)).float()
+            log_probs = torch.log_softmax(logits, dim=-1)
+            label = wanted[start:start + rows_per_chunk, None]
+            parts["log_probs"].append(log_probs.gather(1, label)[:, 0])
+            with torch.no_grad():
+                parts["entropy"].append(-(log_probs.exp() * log_probs).sum(-1))
+                parts["mean_logits"].append(logits.mean(-1))
+                parts["is_top1"].append(logits.argmax(-1) == label[:, 0])
+        full = {}
+        for name, values in parts.items():
+            flat = torch.cat(values) if values else rows.new_zeros(0, dtype=torch.bool if name == "is_top1" else torch.float32)
+            full[name] = (torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device) if name == "is_top1"
+                          else flat.new_zeros(mask.shape)).masked_scatter(mask, flat)
+        count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        return FusedCausalLMOutput(loss=-full["log_probs"].sum() / count, label_mask=mask, **full)
+
+    target.forward = types.MethodType(forward, target)
 
 
 def hyperparameters(args, cfg: Dpo, model=None) -> dict:
