@@ -25,6 +25,10 @@ def test_manifest_matches_the_shipped_files_data_recipe_and_base():
     assert "adapter.gguf" in found["files"]
     assert found["data"]["sha256"] == registry.sha256_file(REPO / found["data"]["path"])
     assert found["recipe"]["sha256"] == registry.sha256_file(REPO / found["recipe"]["path"])
+    from paav_cli.recipe import load_recipe
+
+    # the recipe may grow stages (rank, dpo); the SFT the adapter was trained with must not change
+    assert found["recipe"]["sft"] == load_recipe(str(REPO / found["recipe"]["path"])).sft.model_dump()
     base_gguf = registry.Registry.load().get("default-fewshot", "boosters")
     assert found["base"]["sha256"] == base_gguf.sha256  # trained on the GGUF every install has
     assert found["eval"], "the manifest records the eval figures the adapter shipped with"
