@@ -43,3 +43,20 @@ def test_a_fixed_seed_reproduces_a_batch(tmp_path):
     # a few tokens (bench/enhance.py counts how often); the user's own first sentence never does.
     single = paav(PROMPTS[0], "--seed", "3").stdout.strip()
     assert single.split(". ")[0] == runs[0][0].split(". ")[0]
+
+
+def test_a_seed_gives_the_same_text_whatever_the_booster_decoded_before():
+    # Through `paav serve`: the same prompt and seed gave another text when repeated, or after another
+    # prompt, than as a loaded booster's first request (llama.cpp rounds by the shape of each decode
+    # call, and the previous request's cells were reused). Both comparisons below failed then.
+    from paav_cli import load_booster
+
+    prompt, other = "a cat playing piano", "a cat playing guitar on a roof"
+    with load_booster("default") as booster:
+        greedy = booster.enhance(prompt, seed=3, max_tokens=48)[0].text  # saves the prefix state
+        assert booster.enhance(prompt, seed=3, max_tokens=48)[0].text == greedy
+        booster.enhance(other, n=3, seed=3, max_tokens=48)
+        sampled = [r.text for r in booster.enhance(prompt, n=3, seed=3, max_tokens=48)]
+    with load_booster("default") as booster:  # the prefix state loaded from its file
+        assert [r.text for r in booster.enhance(prompt, n=3, seed=3, max_tokens=48)] == sampled
+        assert booster.enhance(prompt, seed=3, max_tokens=48)[0].text == greedy

@@ -7,16 +7,32 @@ and copied to every sequence, then all sequences decode one token each per step 
 `llama_decode` call, which on a CPU reuses each weight matrix across the whole batch.
 
 Every sequence samples with its own seeded sampler chain, so its text depends only on its seed and
-its logits, not on which other prompts share the batch (llama.cpp's logits differ in the last bits
-between batch sizes, so identical text is typical but not guaranteed; see bench/enhance.py).
+its logits.
+
+Reproducibility: the same prompts, seeds and settings give the same texts whatever the model decoded
+before, and whether the stable prefix's state was saved already. llama.cpp's CPU kernels round
+differently by how many tokens a decode call holds and where a token sits in it, and (flash
+attention off) by where a sequence's cells lie in the KV cache: reusing the previous call's cells
+made a repeated prompt (only its last token decoded) or a prompt after a similar one (only the
+tokens after their common part) read other logits and, now and then, write another text
+(bench/seed_reproducibility.py). So every call starts from an empty cache and makes the same decode
+calls; all it carries over is the stable prefix (`stable_prefix`), as the same bytes every time:
+decoded alone into an empty cache once, then put back from that saved state (kept in memory, or
+the `state_dir` file, which any process with the same model writes the same way).
+
+Which prompts share a batch still counts: other prompts change the shapes of the decode calls, so
+a prompt's logits differ in the last bits from its logits alone and its text may part after a few
+tokens (bench/enhance.py counts how often). Making that irrelevant would take flash attention (so
+that other sequences' cells do not count) and every decode call padded to whole groups of four
+tokens and of four logit rows; a prototype with the first two was 55-70% slower and still parted.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-from contextlib import contextmanager
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +140,9 @@ class LlamaCppModel:
         self.max_context = min(max_context, self._model.n_ctx_train())
         self._ctx: _internals.LlamaContext | None = None
         self._ctx_shape = (0, 0)
-        self._cached_prefix: list[int] = []
+        # The stable prefix's tokens and sequence 0's saved KV state after decoding them (see the
+        # module's docstring): put back into every call's emptied cache instead of decoding them.
+        self._prefix_state: tuple[list[int], ctypes.Array] | None = None
         self.state_dir = Path(state_dir) if state_dir else None
         self._lora_path = Path(lora_path) if lora_path else None
         self._lora = None
@@ -199,7 +217,6 @@ class LlamaCppModel:
             return self._ctx
         if self._ctx is not None:
             self._ctx.close()
-        self._cached_prefix = []
         n_seq = max(n_seq, have_seq)
         n_ctx_seq = max(n_ctx_seq, have_ctx)
         params = llama_cpp.llama_context_default_params()
@@ -339,7 +356,6 @@ class LlamaCppModel:
             first = self._decode_tokens(
                 ctx, batch, [(s, prompts[s][start:], start) for s in range(n)], samplers=samplers
             )
-            self._cached_prefix = list(prompts[0])  # now wholly in sequence 0's cells
             self._generate(ctx, batch, prompts, first, samplers, sampling, stop, done)
         finally:
             batch.close()
@@ -347,29 +363,21 @@ class LlamaCppModel:
     def _place_shared_prefix(self, ctx, batch, prompts, stable_prefix) -> int:
         """Put the prompts' common prefix into every sequence's KV cache; return its length.
 
-        Sequence 0 still holds the previous call's tokens: what matches is kept (the few-shot
-        examples, a chat template's preamble), the rest dropped. Several prompts: the common prefix
-        is decoded once in sequence 0 and shared with the others. One prompt: everything after the
-        kept part is decoded in one call together with the last token, which is exactly what
-        llama-cpp-python's `Llama` does, so one-at-a-time logits match it bit for bit.
+        The cache is emptied first, whatever the previous call left there: kept cells would make
+        this call decode other tokens in other shapes than a first call does, and the texts differ.
+        The stable prefix goes into sequence 0 as its saved state (`_put_stable_prefix`). One prompt:
+        the rest is decoded in one call together with the last token, as llama-cpp-python's `Llama`
+        decodes a prompt after the part it kept. Several prompts: the rest of their common prefix is
+        decoded once in sequence 0 and shared.
         """
         n = len(prompts)
         mem = llama_cpp.llama_get_memory(ctx.ctx)
+        llama_cpp.llama_memory_clear(mem, True)
         shared = min(_common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
-        reuse = min(_common_prefix_length([self._cached_prefix, prompts[0]]), shared) if self._cached_prefix else 0
-        if reuse == 0:
-            llama_cpp.llama_memory_clear(mem, True)
-        else:
-            llama_cpp.llama_memory_seq_rm(mem, 0, reuse, -1)
-            for s in range(1, self._ctx_shape[0]):
-                llama_cpp.llama_memory_seq_rm(mem, s, -1, -1)
-        self._cached_prefix = []
-        if reuse == 0 and self.state_dir is not None:
-            reuse = self._restore_or_save_prefix(ctx, batch, prompts[0][:shared], stable_prefix)
-        start = reuse
+        start = self._put_stable_prefix(ctx, batch, prompts[0][:shared], stable_prefix)
         if n > 1:
-            if shared > reuse:
-                self._decode_tokens(ctx, batch, [(0, prompts[0][reuse:shared], reuse)])
+            if shared > start:
+                self._decode_tokens(ctx, batch, [(0, prompts[0][start:shared], start)])
             start = shared
             for s in range(1, n):
                 llama_cpp.llama_memory_seq_cp(mem, 0, s, -1, -1)
@@ -386,10 +394,13 @@ class LlamaCppModel:
         digest = hashlib.sha256(repr((identity, list(tokens))).encode()).hexdigest()[:32]
         return self.state_dir / f"{digest}.kv"
 
-    def _restore_or_save_prefix(self, ctx, batch, prefix: list[int], stable_prefix: Sequence[int]) -> int:
-        """Put the stable part of `prefix` into sequence 0 from disk (or decode and save it);
-        returns how many tokens of `prefix` are now in place.
+    def _put_stable_prefix(self, ctx, batch, prefix: list[int], stable_prefix: Sequence[int]) -> int:
+        """Put the stable part of `prefix` into the empty sequence 0; returns how many tokens of
+        `prefix` are now in place (0 when the stable part is too short to be worth it).
 
+        Always the same bytes, however they are got: the state kept in memory, else the `state_dir`
+        file, else the tokens decoded alone in one call into the empty cache (then saved to both).
+        Decoding them with the tokens after them, or after other cells, would round differently.
         Decoding the few-shot examples is about a fifth of a single prompt's latency on a CPU; the
         saved state (a few MB) loads in milliseconds.
         """
@@ -397,26 +408,40 @@ class LlamaCppModel:
         if stable < 32:
             return 0
         tokens = prefix[:stable]
-        path = self._state_file(tokens)
-        if path.exists():
+        if self._prefix_state is not None and self._prefix_state[0] == tokens:
+            data = self._prefix_state[1]
+            if llama_cpp.llama_state_seq_set_data(ctx.ctx, data, len(data), 0) == len(data):
+                return stable
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx.ctx), True)
+        path = self._state_file(tokens) if self.state_dir is not None else None
+        if path is not None and path.exists():
             out = (llama_cpp.llama_token * stable)()
             count = ctypes.c_size_t(0)
             read = llama_cpp.llama_state_seq_load_file(ctx.ctx, str(path).encode(), 0, out, stable, ctypes.byref(count))
             if read and count.value == stable and list(out) == tokens:
+                self._keep_prefix_state(ctx, tokens)
                 return stable
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx.ctx), True)
         self._decode_tokens(ctx, batch, [(0, tokens, 0)])
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            array = (llama_cpp.llama_token * stable)(*tokens)
-            if llama_cpp.llama_state_seq_save_file(ctx.ctx, str(tmp).encode(), 0, array, stable):
-                os.replace(tmp, path)
-            else:
-                tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # a read-only cache only costs speed
+        self._keep_prefix_state(ctx, tokens)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                array = (llama_cpp.llama_token * stable)(*tokens)
+                if llama_cpp.llama_state_seq_save_file(ctx.ctx, str(tmp).encode(), 0, array, stable):
+                    os.replace(tmp, path)
+                else:
+                    tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # a read-only cache only costs speed
         return stable
+
+    def _keep_prefix_state(self, ctx, tokens: list[int]) -> None:
+        size = llama_cpp.llama_state_seq_get_size(ctx.ctx, 0)
+        data = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(ctx.ctx, data, size, 0) == size:
+            self._prefix_state = (list(tokens), data)
 
     def _decode_tokens(self, ctx, batch, work, samplers=None) -> dict[int, int]:
         """Decode (seq, tokens, start_pos) items in n_batch-sized calls; sample each seq's next token."""
