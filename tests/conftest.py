@@ -257,3 +257,32 @@ def assert_user_error(proc, *fragments: str) -> None:
     assert lines[0].startswith("error: "), lines[0]
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+# -- paav serve: the booster behind the server, shared by test_serve*.py ----------------------
+
+
+@pytest.fixture(scope="module")
+def boosters(tiny_models, shared_cache):
+    """(served, reference): the batcher's booster and one of the test's own (one booster is not
+    safe to share between threads)."""
+    from paav_cli import load_booster
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("PAAV_CACHE", str(shared_cache))
+        with load_booster("tiny", threads=1, parallel=8) as served, load_booster("tiny", threads=1) as reference:
+            yield served, reference
+
+
+@pytest.fixture(scope="module")
+def reference(boosters):
+    return boosters[1]
+
+
+@pytest.fixture(scope="module")
+def batcher(boosters):
+    from paav_cli.serve.batcher import Batcher
+
+    b = Batcher(boosters[0])
+    yield b
+    b.close()

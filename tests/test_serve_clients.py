@@ -33,27 +33,6 @@ KEY = "k-s3cret"
 
 
 @pytest.fixture(scope="module")
-def boosters(tiny_models, shared_cache):
-    """(served, reference): the batcher's booster and one of the test's own."""
-    with pytest.MonkeyPatch.context() as m:
-        m.setenv("PAAV_CACHE", str(shared_cache))
-        with load_booster("tiny", threads=1, parallel=8) as served, load_booster("tiny", threads=1) as reference:
-            yield served, reference
-
-
-@pytest.fixture(scope="module")
-def reference(boosters):
-    return boosters[1]
-
-
-@pytest.fixture(scope="module")
-def batcher(boosters):
-    b = Batcher(boosters[0])
-    yield b
-    b.close()
-
-
-@pytest.fixture(scope="module")
 def server(batcher):
     with Running(create_app({"tiny": batcher})) as running:
         yield running

@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
-import threading
-import time
-from typing import Self
 
 import httpx2
 import pytest
-import uvicorn
+from test_serve import Running
 
-from paav_cli import load_booster
 from paav_cli.registry import Registry
 from paav_cli.serve.app import MAX_N, create_app
 from paav_cli.serve.batcher import Batcher
@@ -26,49 +21,6 @@ from paav_cli.serve.batcher import Batcher
 PROMPT = "a cat playing piano"
 KEY = "s3cret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-class Running:
-    """An app under uvicorn in a background thread, on a free port, for a `with` block."""
-
-    def __init__(self, app):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
-@pytest.fixture(scope="module")
-def boosters(tiny_models, shared_cache):
-    """(served, reference): the batcher's booster and one of the test's own."""
-    with pytest.MonkeyPatch.context() as m:
-        m.setenv("PAAV_CACHE", str(shared_cache))
-        with (
-            load_booster("tiny", threads=1, parallel=8) as served,
-            load_booster("tiny", threads=1) as reference,
-        ):
-            yield served, reference
-
-
-@pytest.fixture(scope="module")
-def reference(boosters):
-    return boosters[1]
 
 
 @pytest.fixture(scope="module")
